@@ -1,0 +1,21 @@
+# The two commands of the README:  `make train`  and  `make test`.
+PYTHON ?= python3
+BACKENDS ?= jax tensorflow torch
+PYTEST_ARGS ?=
+
+.PHONY: install data test train summary
+
+# torch first, pinned to the CPU build, so the project's torch>=... range is already satisfied
+# (an unpinned torch pulls a several-GB CUDA build). A machine that has a torch keeps it.
+install:
+	$(PYTHON) -c "import torch" 2>/dev/null || $(PYTHON) -m pip install -q torch==2.13.0
+	$(PYTHON) -m pip install -q -e ".[dev]"
+
+test: install
+	@set -e; for b in $(BACKENDS); do \
+	  echo "=== tests on KERAS_BACKEND=$$b"; \
+	  KERAS_BACKEND=$$b $(PYTHON) -m pytest -q -p no:cacheprovider tests $(PYTEST_ARGS); \
+	done
+
+summary: install
+	@set -e; for b in $(BACKENDS); do KERAS_BACKEND=$$b $(PYTHON) -m recipes.summary resnet56_cifar; done

@@ -1,0 +1,1 @@
+"""Entry points: training, evaluation, fine-tuning and experiments (python -m recipes.NAME)."""

@@ -1,0 +1,231 @@
+"""SPEC section 2: each skip mapping's invariant, its options and its registry."""
+
+import keras
+import numpy as np
+import pytest
+from conftest import SKIP_CASES, SKIP_IDS, to_numpy
+
+import zoo
+from zoo.layers import skip as skip_module
+
+C = 16
+
+
+def built(name, channels=C, **options):
+    layer = zoo.make_skip(name, options)
+    layer.build((None, channels))
+    return layer
+
+
+def random_inputs(shape=(5, 3, 3, C), seed=1):
+    return np.random.default_rng(seed).standard_normal(shape).astype("float32")
+
+
+def test_registry_lists_every_spec_mapping():
+    expected = {
+        "identity", "scale", "gate_exclusive", "gate_shortcut", "conv1x1", "dropout",
+        "orthogonal", "sparse", "correlation", "none",
+    }
+    assert expected <= set(zoo.list_skips())
+
+
+def test_identity_is_exact():
+    x = random_inputs()
+    np.testing.assert_array_equal(to_numpy(built("identity")(x)), x)
+
+
+def test_none_is_exact_zero():
+    x = random_inputs()
+    np.testing.assert_array_equal(to_numpy(built("none")(x)), np.zeros_like(x))
+
+
+def test_scale_is_exact_and_scales_branch_only_when_asked():
+    x, f = random_inputs(seed=1), random_inputs(seed=2)
+    layer = built("scale", lambda_=0.25)
+    mapped, branch = layer(x, f)
+    np.testing.assert_array_equal(to_numpy(mapped), x * np.float32(0.25))
+    np.testing.assert_array_equal(to_numpy(branch), f)
+    mapped, branch = built("scale", lambda_=0.25, scale_branch=True)(x, f)
+    np.testing.assert_array_equal(to_numpy(branch), f * np.float32(0.75))
+
+
+@pytest.mark.parametrize("name", ["gate_exclusive", "gate_shortcut"])
+def test_gate_bias_init_is_honoured_and_gate_in_open_unit_interval(name):
+    layer = built(name, bias_init=-6.0)
+    np.testing.assert_array_equal(to_numpy(layer.gate_bias), np.full((C,), -6.0, "float32"))
+    x = random_inputs()
+    g = to_numpy(layer.gate(x))
+    assert np.all(g > 0) and np.all(g < 1)
+    # W starts at 0: at initialisation g = sigmoid(b_g) everywhere.
+    np.testing.assert_allclose(g, 1 / (1 + np.exp(6.0)), rtol=1e-5)
+    # After a change of W the gate depends on x and stays in (0, 1).
+    layer.gate_kernel.assign(0.3 * np.random.default_rng(0).standard_normal((C, C)).astype("float32"))
+    g = to_numpy(layer.gate(x))
+    assert np.all(g > 0) and np.all(g < 1) and g.std() > 0
+
+
+def test_gate_exclusive_scales_branch_by_g_and_shortcut_by_one_minus_g():
+    layer = built("gate_exclusive", bias_init=0.0)  # g = 0.5 at init
+    x, f = random_inputs(seed=1), random_inputs(seed=2)
+    mapped, branch = layer(x, f)
+    np.testing.assert_allclose(to_numpy(mapped), 0.5 * x, rtol=1e-6)
+    np.testing.assert_allclose(to_numpy(branch), 0.5 * f, rtol=1e-6)
+    mapped, branch = built("gate_shortcut", bias_init=0.0)(x, f)
+    np.testing.assert_allclose(to_numpy(mapped), 0.5 * x, rtol=1e-6)
+    np.testing.assert_array_equal(to_numpy(branch), f)
+
+
+def test_conv1x1_keeps_shape_and_is_trainable():
+    layer = built("conv1x1")
+    x = random_inputs()
+    assert tuple(layer(x).shape) == x.shape
+    assert len(layer.trainable_weights) == 1
+
+
+def test_dropout_is_identity_at_inference_and_drops_in_training():
+    layer = built("dropout", rate=0.5)
+    x = random_inputs()
+    np.testing.assert_array_equal(to_numpy(layer(x, training=False)), x)
+    y = to_numpy(layer(x, training=True))
+    assert np.mean(y == 0) > 0.3
+    np.testing.assert_allclose(y[y != 0], 2 * x[y != 0], rtol=1e-6)
+
+
+@pytest.mark.parametrize("mode", ["fixed", "learned"])
+def test_orthogonal_is_an_isometry(mode):
+    layer = built("orthogonal", mode=mode, seed=3)
+    if mode == "learned":  # move away from Q = I so the test means something
+        layer.cayley.assign(np.random.default_rng(0).standard_normal((C, C)).astype("float32"))
+    q = to_numpy(layer.matrix()).astype("float64")
+    np.testing.assert_allclose(np.linalg.svd(q, compute_uv=False), np.ones(C), atol=1e-5)
+    np.testing.assert_allclose(q.T @ q, np.eye(C), atol=1e-5)
+    x = random_inputs()
+    y = to_numpy(layer(x))
+    np.testing.assert_allclose(np.linalg.norm(y, axis=-1), np.linalg.norm(x, axis=-1), rtol=1e-5)
+    assert not np.allclose(q, np.eye(C))
+
+
+def test_orthogonal_learned_starts_at_identity():
+    layer = built("orthogonal", mode="learned")
+    np.testing.assert_allclose(to_numpy(layer.matrix()), np.eye(C), atol=1e-7)
+
+
+def test_orthogonal_fixed_depends_on_seed_only():
+    a, b, c = (to_numpy(built("orthogonal", seed=s).matrix()) for s in (1, 1, 2))
+    np.testing.assert_array_equal(a, b)
+    assert not np.allclose(a, c)
+
+
+@pytest.mark.parametrize("trainable_values", [False, True])
+def test_sparse_has_the_identity_spectrum_and_its_density(trainable_values):
+    k = 3
+    layer = built("sparse", k=k, seed=5, trainable_values=trainable_values)
+    m = to_numpy(layer.matrix()).astype("float64")
+    # M = P (I + N) P^T: undo the permutation and check unipotent upper-triangular structure.
+    eig = np.linalg.eigvals(m)
+    np.testing.assert_allclose(eig, np.ones(C), atol=1e-3)  # defective: eigvals is ill-conditioned
+    assert np.allclose(np.linalg.det(m), 1.0, atol=1e-4)
+    # Nilpotency of M - I is the exact statement of "every eigenvalue is 1".
+    n = m - np.eye(C)
+    np.testing.assert_allclose(np.linalg.matrix_power(n, C), np.zeros((C, C)), atol=1e-6)
+    nonzeros_above = sum(min(k, C - 1 - i) for i in range(C))
+    assert np.count_nonzero(m) == C + nonzeros_above
+    assert abs(np.count_nonzero(m) / C**2 - (k + 1) / C) < k * (k + 1) / 2 / C**2 + 1e-12
+    assert len(layer.trainable_weights) == (1 if trainable_values else 0)
+
+
+def test_sparse_trainable_values_keep_the_pattern_under_updates():
+    layer = built("sparse", k=2, trainable_values=True)
+    layer.values.assign(np.random.default_rng(0).standard_normal((C, C)).astype("float32"))
+    n = to_numpy(layer.matrix()).astype("float64") - np.eye(C)
+    np.testing.assert_allclose(np.linalg.matrix_power(n, C), np.zeros((C, C)), atol=1e-4)
+
+
+@pytest.mark.parametrize("rho,block", [(0.5, None), (-0.7, None), (0.9, 4), (0.0, None)])
+def test_correlation_is_symmetric_pd_unit_diagonal(rho, block):
+    m = to_numpy(built("correlation", rho=rho, block=block, seed=2).matrix()).astype("float64")
+    np.testing.assert_allclose(m, m.T, atol=0)
+    np.testing.assert_allclose(np.diag(m), np.ones(C), atol=0)
+    eig = np.linalg.eigvalsh(m)
+    assert eig.min() > 0
+    np.testing.assert_allclose(eig.mean(), 1.0, atol=1e-6)
+    if block:
+        # Block diagonal up to the permutation: each row has at most `block` nonzeros.
+        assert np.count_nonzero(m, axis=1).max() <= block
+
+
+def test_mapping_options_are_in_the_config_and_rebuild_bit_identically():
+    for _, name, options in SKIP_CASES:
+        a = zoo.make_skip(name, {**options, "seed": 7} if "seed" in zoo.layers.skip_option_names(name) else options)
+        config = a.get_config()
+        for key, value in options.items():
+            assert config[key] == value, (name, key)
+        b = type(a).from_config(config)
+        x = random_inputs()
+        a.build(x.shape)
+        b.build(x.shape)
+        for wa, wb in zip(a.weights, b.weights):
+            if not wa.trainable:  # seeded matrices: identical by construction
+                np.testing.assert_array_equal(to_numpy(wa), to_numpy(wb))
+
+
+def test_unit_index_offsets_the_seed():
+    a = zoo.make_skip("orthogonal", {"seed": 0}, index=0)
+    b = zoo.make_skip("orthogonal", {"seed": 0}, index=1)
+    assert (a.seed, b.seed) == (0, 1)
+
+
+def test_unknown_mapping_name_suggests_closest():
+    with pytest.raises(zoo.UnknownNameError) as err:
+        zoo.make_skip("orthogonl")
+    assert "'orthogonal'" in str(err.value)
+    assert "Valid skip mapping names" in str(err.value)
+    with pytest.raises(ValueError):  # also a ValueError
+        zoo.make_skip("sparce")
+
+
+def test_unknown_option_names_the_valid_options():
+    with pytest.raises(ValueError, match="rho"):
+        zoo.make_skip("correlation", {"roh": 0.3})
+
+
+@pytest.mark.parametrize(
+    "name,options,match",
+    [
+        ("correlation", {"rho": 1.0}, r"rho=1\.0.*\(-1\.0, 1\.0\)"),
+        ("correlation", {"rho": -1.5}, r"rho=-1\.5"),
+        ("correlation", {"block": 0}, r"block=0"),
+        ("dropout", {"rate": -0.1}, r"rate=-0\.1.*\[0\.0, 1\.0\)"),
+        ("dropout", {"rate": 1.0}, r"rate=1\.0"),
+        ("sparse", {"k": 0}, r"k=0"),
+        ("sparse", {"sigma": -1.0}, r"sigma=-1\.0"),
+        ("orthogonal", {"mode": "cayley"}, r"mode='cayley'.*'fixed', 'learned'"),
+        ("orthogonal", {"seed": -1}, r"seed=-1"),
+    ],
+)
+def test_invalid_options_raise_value_error_with_received_and_allowed(name, options, match):
+    with pytest.raises(ValueError, match=match):
+        zoo.make_skip(name, options)
+
+
+def test_sparse_k_at_least_channels_is_refused_at_build():
+    layer = zoo.make_skip("sparse", {"k": C})
+    with pytest.raises(ValueError, match=rf"k={C} for {C} channels.*1 <= k < channels"):
+        layer.build((None, C))
+
+
+def test_mappings_act_on_the_last_axis_of_any_rank():
+    for _, name, options in SKIP_CASES:
+        for shape in [(4, C), (4, 7, C), (2, 3, 3, C)]:
+            layer = zoo.make_skip(name, options)
+            y = layer(random_inputs(shape))
+            assert tuple(y.shape) == shape, (name, shape)
+
+
+def test_register_skip_rejects_non_layers():
+    with pytest.raises(TypeError):
+        zoo.register_skip("bad", object)
+
+
+def test_skip_module_registry_is_the_public_one():
+    assert skip_module.list_skips() == zoo.list_skips()

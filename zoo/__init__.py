@@ -1,0 +1,29 @@
+"""zoo: a Keras 3 model zoo whose subject is the skip connection.
+
+    import zoo
+    model = zoo.get_model("resnet56_cifar", skip="sparse", skip_options={"k": 4, "seed": 0})
+
+Runs unchanged on JAX, TensorFlow and PyTorch (set KERAS_BACKEND).
+"""
+
+from zoo import layers, models
+from zoo.errors import UnknownNameError
+from zoo.layers import DropPath, ResidualUnit, SkipMapping, list_skips, make_skip, register_skip
+from zoo.models import ResNet
+from zoo.registry import get_model, list_models, register_model
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "DropPath",
+    "ResNet",
+    "ResidualUnit",
+    "SkipMapping",
+    "UnknownNameError",
+    "get_model",
+    "list_models",
+    "list_skips",
+    "make_skip",
+    "register_model",
+    "register_skip",
+]

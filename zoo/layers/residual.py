@@ -1,0 +1,251 @@
+"""ResNet residual units: basic and bottleneck, five activation placements, any skip mapping.
+
+    y = M(shortcut(x)) + DropPath(F(x))
+
+Placements are He et al. 2016 (arXiv 1603.05027) Fig. 4, written for a branch of convs
+c_1..c_n (n = 2 basic, 3 bottleneck: 1x1, 3x3, 1x1 with expansion 4):
+
+    original         c_i BN ReLU ... c_n BN, add, ReLU          (post-activation, He 2015)
+    bn_after_add     c_i BN ReLU ... c_n, add, BN, ReLU
+    relu_before_add  c_i BN ReLU ... c_n BN ReLU, add
+    relu_preact      ReLU c_i BN ... ReLU c_n BN, add
+    full_preact      BN ReLU c_i ... BN ReLU c_n, add           (pre-activation, He 2016)
+
+Where the branch changes the shape (stride or width) the shortcut is a projection (1x1 conv
+stride s, + BN in the post-activation placements; He et al. option B) or, with
+`downsample="pad"`, option A: every s-th pixel and zero channels, no parameters. In the
+pre-activation placements the shortcut of a shape-changing unit starts from the pre-activated
+input, as in the authors' code. The skip mapping M acts after the projection.
+"""
+
+import keras
+from keras import layers, ops
+
+from zoo.errors import check_choice, check_range
+from zoo.layers.drop_path import GRANULARITIES, DropPath
+from zoo.layers.skip import make_skip
+
+PLACEMENTS = ("original", "bn_after_add", "relu_before_add", "relu_preact", "full_preact")
+PREACT_PLACEMENTS = ("relu_preact", "full_preact")
+BLOCKS = ("basic", "bottleneck")
+DOWNSAMPLES = ("projection", "pad")
+BN_MOMENTUM = 0.9  # PyTorch's momentum 0.1 in Keras' convention
+BN_EPSILON = 1e-5
+
+
+@keras.saving.register_keras_serializable(package="zoo")
+class SymmetricConv2D(layers.Conv2D):
+    """Conv2D with PyTorch's symmetric padding (k // 2 on every side) for strided convs.
+
+    Keras' "same" pads the bottom/right more than the top/left when the stride is 2; padding
+    explicitly keeps outputs equal to the PyTorch models whose weights the zoo imports.
+    """
+
+    def __init__(self, filters, kernel_size, strides=1, **kwargs):
+        kwargs["padding"] = "valid"
+        super().__init__(filters, kernel_size, strides=strides, **kwargs)
+
+    def call(self, x):
+        ph, pw = self.kernel_size[0] // 2, self.kernel_size[1] // 2
+        x = ops.pad(x, [[0, 0], [ph, ph], [pw, pw], [0, 0]])
+        return super().call(x)
+
+    def compute_output_shape(self, input_shape):
+        b, h, w, c = input_shape
+        ph, pw = self.kernel_size[0] // 2, self.kernel_size[1] // 2
+        return super().compute_output_shape(
+            (b, None if h is None else h + 2 * ph, None if w is None else w + 2 * pw, c)
+        )
+
+
+def conv2d(filters, kernel_size, stride=1, name=None, kernel_initializer="he_normal"):
+    """A bias-free conv: symmetric padding when strided (see SymmetricConv2D), else "same"."""
+    if kernel_size > 1 and stride > 1:
+        return SymmetricConv2D(
+            filters, kernel_size, strides=stride, use_bias=False,
+            kernel_initializer=kernel_initializer, name=name,
+        )
+    return layers.Conv2D(
+        filters, kernel_size, strides=stride, padding="same", use_bias=False,
+        kernel_initializer=kernel_initializer, name=name,
+    )
+
+
+def batch_norm(name, gamma_initializer="ones"):
+    return layers.BatchNormalization(
+        momentum=BN_MOMENTUM, epsilon=BN_EPSILON, gamma_initializer=gamma_initializer, name=name
+    )
+
+
+def pad_shortcut(x, stride, out_channels):
+    """He et al. option A: keep every `stride`-th pixel, zero-pad the new channels evenly."""
+    if stride > 1:
+        x = x[:, ::stride, ::stride, :]
+    extra = out_channels - x.shape[-1]
+    if extra:
+        x = ops.pad(x, [[0, 0], [0, 0], [0, 0], [extra // 2, extra - extra // 2]])
+    return x
+
+
+@keras.saving.register_keras_serializable(package="zoo")
+class ResidualUnit(keras.layers.Layer):
+    """One ResNet unit on channels-last feature maps.
+
+    Args:
+        filters: width of the 3x3 conv(s); the unit outputs `filters` channels (basic) or
+            `4 * filters` (bottleneck).
+        block: "basic" (3x3, 3x3) or "bottleneck" (1x1, 3x3, 1x1; stride on the 3x3).
+        stride: spatial stride of the unit.
+        placement: one of PLACEMENTS.
+        skip, skip_options: the skip mapping M, by registered name, and its options.
+        downsample: "projection" or "pad", the shortcut where the shape changes.
+        drop_path_rate, drop_path_granularity: DropPath on the branch.
+        zero_init_last: start the branch's last scale (BN gamma, or the last conv without BN
+            after it) at zero, so the unit starts as y = M(x).
+        index: the unit's position in its model; offsets the seeds of the skip and DropPath.
+
+    Input (B, H, W, C_in) -> output (B, H / stride, W / stride, C_out).
+    """
+
+    def __init__(
+        self,
+        filters,
+        block="basic",
+        stride=1,
+        placement="original",
+        skip="identity",
+        skip_options=None,
+        downsample="projection",
+        drop_path_rate=0.0,
+        drop_path_granularity="sample",
+        zero_init_last=False,
+        index=0,
+        **kwargs,
+    ):
+        super().__init__(**kwargs)
+        # === Validation ===
+        self.filters = int(check_range("filters", filters, low=1, integer=True))
+        self.block = check_choice("block", block, BLOCKS)
+        self.stride = int(check_range("stride", stride, low=1, integer=True))
+        self.placement = check_choice("placement", placement, PLACEMENTS)
+        self.downsample = check_choice("downsample", downsample, DOWNSAMPLES)
+        self.drop_path_granularity = check_choice("drop_path_granularity", drop_path_granularity, GRANULARITIES)
+        self.drop_path_rate = float(check_range("drop_path_rate", drop_path_rate, low=0.0, high=1.0, high_open=True))
+        self.skip_name = skip
+        self.skip_options = dict(skip_options or {})
+        self.zero_init_last = bool(zero_init_last)
+        self.index = int(index)
+        self.out_channels = self.filters * (4 if block == "bottleneck" else 1)
+
+        # === Layers ===
+        if block == "basic":
+            specs = [(self.filters, 3, self.stride), (self.filters, 3, 1)]
+        else:
+            specs = [(self.filters, 1, 1), (self.filters, 3, self.stride), (self.out_channels, 1, 1)]
+        n = len(specs)
+        last_is_conv = placement in ("bn_after_add", "full_preact")  # no BN right after c_n
+        zero = "zeros" if self.zero_init_last else None
+        self.convs = [
+            conv2d(
+                f,
+                k,
+                s,
+                name=f"conv{i + 1}",
+                kernel_initializer=(zero if (i == n - 1 and last_is_conv and zero) else "he_normal"),
+            )
+            for i, (f, k, s) in enumerate(specs)
+        ]
+        self.norms = [
+            batch_norm(
+                f"bn{i + 1}",
+                gamma_initializer=(zero if (i == n - 1 and not last_is_conv and zero) else "ones"),
+            )
+            for i in range(n - 1 if placement == "bn_after_add" else n)
+        ]
+        self.post_norm = batch_norm("bn_out") if placement == "bn_after_add" else None
+        self.skip = make_skip(skip, self.skip_options, index=index, name="skip")
+        self.drop_path = DropPath(
+            self.drop_path_rate, granularity=self.drop_path_granularity, seed=index, name="drop_path"
+        )
+        self.projection = None
+        self.projection_norm = None
+
+    def build(self, input_shape):
+        in_channels = input_shape[-1]
+        self.needs_shortcut_change = self.stride > 1 or in_channels != self.out_channels
+        if self.needs_shortcut_change and self.downsample == "projection":
+            self.projection = layers.Conv2D(
+                self.out_channels,
+                1,
+                strides=self.stride,
+                use_bias=False,
+                kernel_initializer="he_normal",
+                name="projection",
+            )
+            if self.placement not in PREACT_PLACEMENTS:
+                self.projection_norm = batch_norm("projection_bn")
+
+    def shortcut(self, x, training=None):
+        if not self.needs_shortcut_change:
+            return x
+        if self.downsample == "pad":
+            return pad_shortcut(x, self.stride, self.out_channels)
+        x = self.projection(x)
+        if self.projection_norm is not None:
+            x = self.projection_norm(x, training=training)
+        return x
+
+    def call(self, x, training=None):
+        p = self.placement
+        n = len(self.convs)
+        shortcut = x
+        if p == "full_preact":
+            x = ops.relu(self.norms[0](x, training=training))
+            if self.needs_shortcut_change:
+                shortcut = x
+        elif p == "relu_preact":
+            x = ops.relu(x)
+            if self.needs_shortcut_change:
+                shortcut = x
+        for i, conv in enumerate(self.convs):
+            if p == "full_preact":
+                if i > 0:
+                    x = ops.relu(self.norms[i](x, training=training))
+                x = conv(x)
+            elif p == "relu_preact":
+                if i > 0:
+                    x = ops.relu(x)
+                x = self.norms[i](conv(x), training=training)
+            else:
+                x = conv(x)
+                last = i == n - 1
+                if p == "bn_after_add" and last:
+                    continue
+                x = self.norms[i](x, training=training)
+                if not last or p == "relu_before_add":
+                    x = ops.relu(x)
+
+        mapped, branch = self.skip(self.shortcut(shortcut, training=training), x, training=training)
+        y = mapped + self.drop_path(branch, training=training)
+
+        if p == "bn_after_add":
+            y = ops.relu(self.post_norm(y, training=training))
+        elif p == "original":
+            y = ops.relu(y)
+        return y
+
+    def get_config(self):
+        return {
+            **super().get_config(),
+            "filters": self.filters,
+            "block": self.block,
+            "stride": self.stride,
+            "placement": self.placement,
+            "skip": self.skip_name,
+            "skip_options": self.skip_options,
+            "downsample": self.downsample,
+            "drop_path_rate": self.drop_path_rate,
+            "drop_path_granularity": self.drop_path_granularity,
+            "zero_init_last": self.zero_init_last,
+            "index": self.index,
+        }

@@ -1,0 +1,263 @@
+"""ResNets on any skip mapping and activation placement.
+
+CIFAR-style (He et al. 2015/2016): 3x3 stem, three stages of widths 16/32/64, depth 6n+2
+(basic units) or 9n+2 (bottleneck units). ImageNet-style: 7x7/2 stem and max-pool, four
+stages of widths 64/128/256/512, stride on the 3x3 of the bottleneck (as timm and
+torchvision). Channels-last throughout.
+"""
+
+import keras
+from keras import layers, ops
+
+from zoo.errors import check_choice, check_range
+from zoo.layers.drop_path import GRANULARITIES, linear_drop_path_rates
+from zoo.layers.residual import (
+    BLOCKS,
+    DOWNSAMPLES,
+    PLACEMENTS,
+    PREACT_PLACEMENTS,
+    ResidualUnit,
+    SymmetricConv2D,
+    batch_norm,
+    conv2d,
+)
+from zoo.layers.skip import get_skip_class
+from zoo.registry import register_model
+
+STEMS = ("cifar", "imagenet")
+
+
+@keras.saving.register_keras_serializable(package="zoo")
+class ResNet(keras.Model):
+    """A residual network whose every unit is y = M(x) + DropPath(F(x)).
+
+    Args:
+        stage_depths: units per stage, e.g. (18, 18, 18) for CIFAR ResNet-110.
+        stage_widths: the 3x3 width of each stage (bottleneck stages output 4x that).
+        block: "basic" or "bottleneck".
+        stem: "cifar" (3x3 conv, stride 1) or "imagenet" (7x7/2 conv, 3x3/2 max-pool).
+        placement: activation placement, one of PLACEMENTS (He et al. 2016 Fig. 4).
+        skip, skip_options: the skip mapping of every unit, by registered name, and options.
+        downsample: "projection" (option B) or "pad" (option A) where the shape changes.
+        num_classes: size of the classification head; 0 gives the pooled features.
+        input_shape: (H, W, C), channels last.
+        drop_path_rate: DropPath rate of the last unit; unit l gets rate * l / (L - 1).
+        drop_path_granularity: "sample" or "batch".
+        zero_init_last: zero the last scale of every residual branch.
+
+    Call: images (B, H, W, C) -> logits (B, num_classes).
+    """
+
+    def __init__(
+        self,
+        stage_depths=(3, 3, 3),
+        stage_widths=(16, 32, 64),
+        block="basic",
+        stem="cifar",
+        placement="original",
+        skip="identity",
+        skip_options=None,
+        downsample="projection",
+        num_classes=10,
+        input_shape=(32, 32, 3),
+        drop_path_rate=0.0,
+        drop_path_granularity="sample",
+        zero_init_last=False,
+        name=None,
+        **kwargs,
+    ):
+        # === Validation ===
+        stage_depths = [int(check_range("stage_depths[i]", d, low=1, integer=True)) for d in stage_depths]
+        stage_widths = [int(check_range("stage_widths[i]", w, low=1, integer=True)) for w in stage_widths]
+        if len(stage_depths) != len(stage_widths):
+            raise ValueError(
+                f"Received {len(stage_depths)} stage_depths and {len(stage_widths)} stage_widths; "
+                "they must have the same length (one entry per stage)."
+            )
+        check_choice("block", block, BLOCKS)
+        check_choice("stem", stem, STEMS)
+        check_choice("placement", placement, PLACEMENTS)
+        check_choice("downsample", downsample, DOWNSAMPLES)
+        check_choice("drop_path_granularity", drop_path_granularity, GRANULARITIES)
+        get_skip_class(skip)
+        num_classes = int(check_range("num_classes", num_classes, low=0, integer=True))
+        input_shape = tuple(input_shape)
+        if len(input_shape) != 3 or any(d is not None and int(d) < 1 for d in input_shape):
+            raise ValueError(
+                f"Received input_shape={input_shape}; a ResNet takes rank-3 images "
+                "(height, width, channels), channels last, e.g. (32, 32, 3) or (28, 28, 1)."
+            )
+        rates = linear_drop_path_rates(drop_path_rate, sum(stage_depths))
+        preact = placement in PREACT_PLACEMENTS
+
+        # === Layers and functional model ===
+        inputs = keras.Input(shape=input_shape, name="images")
+        if stem == "cifar":
+            x = conv2d(stage_widths[0], 3, name="stem_conv")(inputs)
+            if placement != "full_preact":
+                x = batch_norm("stem_bn")(x)
+            if not preact:
+                x = layers.ReLU(name="stem_relu")(x)
+        else:
+            x = SymmetricConv2D(64, 7, strides=2, use_bias=False, kernel_initializer="he_normal", name="stem_conv")(inputs)
+            x = batch_norm("stem_bn")(x)
+            x = layers.ReLU(name="stem_relu")(x)
+            # Zero padding equals PyTorch's -inf padding here: the input is post-ReLU.
+            x = layers.ZeroPadding2D(1, name="stem_pool_pad")(x)
+            x = layers.MaxPooling2D(3, strides=2, name="stem_pool")(x)
+
+        unit_names = []
+        index = 0
+        for stage, (depth, width) in enumerate(zip(stage_depths, stage_widths)):
+            for i in range(depth):
+                unit = ResidualUnit(
+                    width,
+                    block=block,
+                    stride=2 if (i == 0 and stage > 0) else 1,
+                    placement=placement,
+                    skip=skip,
+                    skip_options=skip_options,
+                    downsample=downsample,
+                    drop_path_rate=rates[index],
+                    drop_path_granularity=drop_path_granularity,
+                    zero_init_last=zero_init_last,
+                    index=index,
+                    name=f"stage{stage + 1}_unit{i + 1}",
+                )
+                x = unit(x)
+                unit_names.append(unit.name)
+                index += 1
+        if placement == "full_preact":
+            x = batch_norm("final_bn")(x)
+        if preact:
+            x = layers.ReLU(name="final_relu")(x)
+        features = x
+        pooled = layers.GlobalAveragePooling2D(name="pool")(features)
+        outputs = layers.Dense(num_classes, name="head")(pooled) if num_classes else pooled
+        super().__init__(inputs=inputs, outputs=outputs, name=name, **kwargs)
+
+        # === Config ===
+        self.stage_depths = stage_depths
+        self.stage_widths = stage_widths
+        self.block = block
+        self.stem = stem
+        self.placement = placement
+        self.skip = skip
+        self.skip_options = dict(skip_options or {})
+        self.downsample = downsample
+        self.num_classes = num_classes
+        self.image_shape = input_shape
+        self.drop_path_rate = float(drop_path_rate)
+        self.drop_path_granularity = drop_path_granularity
+        self.zero_init_last = bool(zero_init_last)
+        self._unit_names = unit_names
+        self._features_name = features._keras_history.operation.name
+
+    # === The zoo's model contract ===
+    @property
+    def residual_units(self):
+        """The residual units, input to output (for DropPathFreeze and analysis)."""
+        return [self.get_layer(n) for n in self._unit_names]
+
+    @property
+    def head(self):
+        return self.get_layer("head") if self.num_classes else None
+
+    def feature_extractor(self):
+        """A model sharing this one's layers: images -> final feature map (B, h, w, C)."""
+        return keras.Model(self.inputs, self.get_layer(self._features_name).output, name=f"{self.name}_features")
+
+    def forward_features(self, images, training=False):
+        return self.feature_extractor()(images, training=training)
+
+    def forward_head(self, features):
+        pooled = self.get_layer("pool")(features)
+        return self.head(pooled) if self.num_classes else pooled
+
+    def get_config(self):
+        return {
+            "name": self.name,
+            "trainable": self.trainable,
+            "stage_depths": list(self.stage_depths),
+            "stage_widths": list(self.stage_widths),
+            "block": self.block,
+            "stem": self.stem,
+            "placement": self.placement,
+            "skip": self.skip,
+            "skip_options": self.skip_options,
+            "downsample": self.downsample,
+            "num_classes": self.num_classes,
+            "input_shape": list(self.image_shape),
+            "drop_path_rate": self.drop_path_rate,
+            "drop_path_granularity": self.drop_path_granularity,
+            "zero_init_last": self.zero_init_last,
+        }
+
+    @classmethod
+    def from_config(cls, config):
+        return cls(**config)
+
+
+def cifar_resnet(depth=20, block=None, **kwargs):
+    """CIFAR ResNet of `depth` = 6n+2 (basic units) or 9n+2 (bottleneck units).
+
+    `block=None` picks basic for 6n+2 depths and bottleneck otherwise (164, 1001).
+    """
+    depth = int(check_range("depth", depth, low=8, integer=True))
+    if block is None:
+        block = "basic" if (depth - 2) % 6 == 0 and depth < 164 else "bottleneck"
+    check_choice("block", block, BLOCKS)
+    per_unit = 2 if block == "basic" else 3
+    if (depth - 2) % (3 * per_unit):
+        raise ValueError(
+            f"Received depth={depth} with block={block!r}; a CIFAR ResNet needs depth = "
+            f"{3 * per_unit}n + 2 ({'20, 32, 44, 56, 110' if block == 'basic' else '29, 164, 1001'}, ...)."
+        )
+    n = (depth - 2) // (3 * per_unit)
+    kwargs.setdefault("name", f"resnet{depth}_cifar")
+    return ResNet(stage_depths=(n, n, n), stage_widths=(16, 32, 64), block=block, stem="cifar", **kwargs)
+
+
+IMAGENET_DEPTHS = {
+    18: ("basic", (2, 2, 2, 2)),
+    34: ("basic", (3, 4, 6, 3)),
+    50: ("bottleneck", (3, 4, 6, 3)),
+    101: ("bottleneck", (3, 4, 23, 3)),
+    152: ("bottleneck", (3, 8, 36, 3)),
+    200: ("bottleneck", (3, 24, 36, 3)),
+}
+
+
+def imagenet_resnet(depth=50, **kwargs):
+    """ImageNet ResNet-18/34/50/101/152/200 (He et al.; 200 as in the pre-activation paper)."""
+    if depth not in IMAGENET_DEPTHS:
+        raise ValueError(f"Received depth={depth!r}; ImageNet ResNets have depth in {sorted(IMAGENET_DEPTHS)}.")
+    block, depths = IMAGENET_DEPTHS[depth]
+    kwargs.setdefault("name", f"resnet{depth}")
+    kwargs.setdefault("num_classes", 1000)
+    kwargs.setdefault("input_shape", (224, 224, 3))
+    return ResNet(stage_depths=depths, stage_widths=(64, 128, 256, 512), block=block, stem="imagenet", **kwargs)
+
+
+cifar_resnet.forwards_to = ResNet
+imagenet_resnet.forwards_to = ResNet
+
+# === Presets: name -> (builder, defaults) ===
+RESNET_PRESETS = {
+    "resnet20_cifar": (cifar_resnet, dict(depth=20)),
+    "resnet32_cifar": (cifar_resnet, dict(depth=32)),
+    "resnet44_cifar": (cifar_resnet, dict(depth=44)),
+    "resnet56_cifar": (cifar_resnet, dict(depth=56)),
+    "resnet110_cifar": (cifar_resnet, dict(depth=110)),
+    "resnet164_cifar": (cifar_resnet, dict(depth=164, placement="full_preact")),
+    "resnet1001_cifar": (cifar_resnet, dict(depth=1001, placement="full_preact")),
+    "resnet18": (imagenet_resnet, dict(depth=18)),
+    "resnet34": (imagenet_resnet, dict(depth=34)),
+    "resnet50": (imagenet_resnet, dict(depth=50)),
+    "resnet101": (imagenet_resnet, dict(depth=101)),
+    "resnet152": (imagenet_resnet, dict(depth=152)),
+    "resnet200": (imagenet_resnet, dict(depth=200)),
+}
+
+for _name, (_builder, _defaults) in RESNET_PRESETS.items():
+    register_model(_name, _builder, family="resnet", **_defaults)
