@@ -11,6 +11,8 @@ from zoo.errors import UnknownNameError
 from zoo.layers import DropPath, ResidualUnit, SkipMapping, list_skips, make_skip, register_skip
 from zoo.models import ResNet
 from zoo.registry import get_model, list_models, register_model
+from zoo import convert
+from zoo.convert.swap import swap_skip
 
 __version__ = "0.1.0"
 
@@ -26,4 +28,5 @@ __all__ = [
     "make_skip",
     "register_model",
     "register_skip",
+    "swap_skip",
 ]

@@ -1,0 +1,97 @@
+"""Convert the akamaster CIFAR-10 ResNets (PyTorch, BSD-2-Clause) into zoo presets in weights/.
+
+    KERAS_BACKEND=jax python -m recipes.convert_cifar_resnets --source ../shared/ref/cifar10-resnets
+
+For each of ResNet-20/32/44/56: import `resnetN.th` (torch.load(weights_only=True)), check the
+logits of the reference images against `reference_logits.npz` (max abs <= 1e-4, or stop), and
+write `weights/resnetN_cifar.cifar10/` in the keras-hub preset layout: `config.json`,
+`model.weights.h5`, `metadata.json` (reported accuracy, preprocessing, source, licence,
+versions, checksums, this command) and `LICENSE` (the source's BSD-2 notice).
+"""
+
+import argparse
+import hashlib
+import json
+import shlex
+import shutil
+import sys
+from pathlib import Path
+
+import keras
+import numpy as np
+
+import zoo
+from zoo.convert import CIFAR_MEAN, CIFAR_STD, import_cifar_resnet
+
+DEPTHS = (20, 32, 44, 56)
+SOURCE = "github.com/akamaster/pytorch_resnet_cifar10 (Yerlan Idelbayev), BSD-2-Clause"
+TOLERANCE = 1e-4
+
+
+def sha256(path):
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def normalise(images_uint8, mean, std):
+    return ((images_uint8.astype("float32") / 255.0 - np.asarray(mean, "float32")) / np.asarray(std, "float32")).astype("float32")
+
+
+def write_preset(model, folder, metadata, license_file):
+    """config.json + model.weights.h5 + LICENSE + metadata.json (with their sha256)."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "config.json").write_text(json.dumps(keras.saving.serialize_keras_object(model), indent=1) + "\n")
+    model.save_weights(folder / "model.weights.h5")
+    shutil.copyfile(license_file, folder / "LICENSE")
+    metadata = {**metadata, "sha256": {f: sha256(folder / f) for f in ("model.weights.h5", "config.json")}}
+    (folder / "metadata.json").write_text(json.dumps(metadata, indent=1) + "\n")
+    return folder
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--source", default="../shared/ref/cifar10-resnets", help="folder with resnetN.th, LICENSE, reference_logits.npz")
+    parser.add_argument("--out", default="weights", help="where the preset folders go")
+    parser.add_argument("--depths", type=int, nargs="+", default=list(DEPTHS))
+    args = parser.parse_args(argv)
+    source = Path(args.source)
+    reference = np.load(source / "reference_logits.npz")
+    mean, std = [round(float(v), 6) for v in reference["mean"]], [round(float(v), 6) for v in reference["std"]]
+    if not (np.allclose(mean, CIFAR_MEAN) and np.allclose(std, CIFAR_STD)):
+        sys.exit(f"reference_logits.npz has mean {mean}, std {std}; zoo.convert.CIFAR_MEAN/STD disagree.")
+    x = normalise(reference["images_uint8_nhwc"], mean, std)
+    command = f"KERAS_BACKEND={keras.backend.backend()} python -m recipes.convert_cifar_resnets " + " ".join(
+        shlex.quote(a) for a in (sys.argv[1:] if argv is None else argv)
+    )
+    for depth in args.depths:
+        model, report = import_cifar_resnet(source / f"resnet{depth}.th")
+        logits = np.asarray(keras.ops.convert_to_numpy(model(x, training=False)))
+        diff = float(np.max(np.abs(logits - reference[f"logits_resnet{depth}"])))
+        if diff > TOLERANCE:
+            sys.exit(f"resnet{depth}: logits differ from the reference by {diff:.3g} > {TOLERANCE}; not shipping.")
+        name = f"resnet{depth}_cifar.cifar10"
+        metadata = {
+            "name": name,
+            "arch": f"resnet{depth}_cifar",
+            "arch_overrides": {"downsample": "pad", "placement": "original"},
+            "dataset": "cifar10",
+            "num_classes": 10,
+            "input_shape": [32, 32, 3],
+            "accuracy": {"cifar10_test": round(float(report.metadata["best_prec1"]) / 100, 4), "reported_by": "source (best_prec1)"},
+            "preprocessing": {"rescale": 1 / 255, "mean": mean, "std": std},
+            "source": SOURCE,
+            "source_file": f"resnet{depth}.th",
+            "license": "BSD-2-Clause",
+            "license_file": "LICENSE",
+            "conversion_check": {"reference_logits_max_abs_diff": diff, "images": int(x.shape[0])},
+            "command": command,
+            "versions": {"keras": keras.__version__, "backend": keras.backend.backend(), "numpy": np.__version__, "zoo": zoo.__version__},
+        }
+        folder = write_preset(model, Path(args.out) / name, metadata, source / "LICENSE")
+        size = sum(f.stat().st_size for f in folder.iterdir())
+        print(f"{name}: {len(report.loaded)} weights, logits max abs diff {diff:.2e}, accuracy "
+              f"{metadata['accuracy']['cifar10_test']}, {size / 1e6:.2f} MB -> {folder}")
+
+
+if __name__ == "__main__":
+    main()
