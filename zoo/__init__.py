@@ -10,6 +10,7 @@ from zoo import layers, models
 from zoo.errors import UnknownNameError
 from zoo.layers import DropPath, ResidualUnit, SkipMapping, list_skips, make_skip, register_skip
 from zoo.models import ResNet
+from zoo.models import ResidualMLP, ResidualMLPUnit
 from zoo.registry import get_model, list_models, register_model
 from zoo import convert
 from zoo.convert.swap import swap_skip
@@ -19,6 +20,8 @@ __version__ = "0.1.0"
 __all__ = [
     "DropPath",
     "ResNet",
+    "ResidualMLP",
+    "ResidualMLPUnit",
     "ResidualUnit",
     "SkipMapping",
     "UnknownNameError",

@@ -195,7 +195,18 @@ class ResidualUnit(keras.layers.Layer):
             x = self.projection_norm(x, training=training)
         return x
 
-    def call(self, x, training=None):
+    def branch(self, x, training=False):
+        """F(x), the residual branch alone: (B, H, W, C_in) -> (B, H / stride, W / stride, C_out).
+
+        The same code path as `call` (which uses it), before any branch scale a gating mapping
+        imposes and before DropPath: the map whose Jacobian the Residual Alignment analysis
+        studies (zoo.analysis).
+        """
+        return self._branch_and_shortcut_input(x, training=training)[0]
+
+    def _branch_and_shortcut_input(self, x, training=None):
+        """(F(x), the tensor the shortcut starts from): the pre-activated input in the
+        pre-activation placements when the shape changes (as in the authors' code), else x."""
         p = self.placement
         n = len(self.convs)
         shortcut = x
@@ -224,7 +235,11 @@ class ResidualUnit(keras.layers.Layer):
                 x = self.norms[i](x, training=training)
                 if not last or p == "relu_before_add":
                     x = ops.relu(x)
+        return x, shortcut
 
+    def call(self, x, training=None):
+        p = self.placement
+        x, shortcut = self._branch_and_shortcut_input(x, training=training)
         mapped, branch = self.skip(self.shortcut(shortcut, training=training), x, training=training)
         y = mapped + self.drop_path(branch, training=training)
 

@@ -1,0 +1,251 @@
+"""Fully-connected ResNets (residual MLPs) on any skip mapping: the models of the Residual
+Alignment studies (Li & Papyan 2023, arXiv 2401.09018, analyse fully-connected ResNets too).
+
+    flatten -> Dense(width) -> L units  h_{i+1} = M(h_i) + DropPath(F(h_i))  -> Dense(classes)
+
+F, by `norm`:
+    "batch" (default)  Dense(hidden) BN ReLU Dense(width) BN     (a ResNet basic block, fully
+                                                                  connected, post-norm)
+    "layer"            LN Dense(hidden) ReLU Dense(width)        (pre-norm, a transformer MLP)
+    "none"             Dense(hidden) ReLU Dense(width)
+No activation after the add, so the representations h_i are exactly the residual stream.
+"""
+
+import keras
+from keras import layers, ops
+
+from zoo.errors import check_choice, check_range
+from zoo.layers.drop_path import GRANULARITIES, DropPath, linear_drop_path_rates
+from zoo.layers.residual import BN_EPSILON, BN_MOMENTUM
+from zoo.layers.skip import get_skip_class, make_skip
+from zoo.registry import register_model
+
+NORMS = ("batch", "layer", "none")
+
+
+@keras.saving.register_keras_serializable(package="zoo")
+class ResidualMLPUnit(keras.layers.Layer):
+    """y = M(x) + DropPath(F(x)) on (B, width) vectors; F as in the module docstring.
+
+    Args:
+        width: features in and out.
+        hidden: features inside the branch (default `width`).
+        norm: "batch", "layer" or "none".
+        skip, skip_options: the skip mapping M, by registered name, and its options.
+        drop_path_rate, drop_path_granularity: DropPath on the branch.
+        index: the unit's position in its model; offsets the seeds of the skip and DropPath.
+    """
+
+    def __init__(
+        self,
+        width,
+        hidden=None,
+        norm="batch",
+        skip="identity",
+        skip_options=None,
+        drop_path_rate=0.0,
+        drop_path_granularity="sample",
+        index=0,
+        **kwargs,
+    ):
+        super().__init__(**kwargs)
+        # === Validation ===
+        self.width = int(check_range("width", width, low=1, integer=True))
+        self.hidden = int(check_range("hidden", hidden if hidden is not None else width, low=1, integer=True))
+        self.norm = check_choice("norm", norm, NORMS)
+        self.drop_path_rate = float(check_range("drop_path_rate", drop_path_rate, low=0.0, high=1.0, high_open=True))
+        self.drop_path_granularity = check_choice("drop_path_granularity", drop_path_granularity, GRANULARITIES)
+        self.skip_name = skip
+        self.skip_options = dict(skip_options or {})
+        self.index = int(index)
+
+        # === Layers ===
+        self.dense1 = layers.Dense(self.hidden, use_bias=norm != "batch", kernel_initializer="he_normal", name="dense1")
+        self.dense2 = layers.Dense(self.width, use_bias=norm != "batch", kernel_initializer="he_normal", name="dense2")
+        if norm == "batch":
+            self.norms = [
+                layers.BatchNormalization(momentum=BN_MOMENTUM, epsilon=BN_EPSILON, name=f"bn{i + 1}") for i in range(2)
+            ]
+        elif norm == "layer":
+            self.norms = [layers.LayerNormalization(epsilon=1e-6, name="ln")]
+        else:
+            self.norms = []
+        self.skip = make_skip(skip, self.skip_options, index=index, name="skip")
+        self.drop_path = DropPath(
+            self.drop_path_rate, granularity=self.drop_path_granularity, seed=index, name="drop_path"
+        )
+
+    def build(self, input_shape):
+        if input_shape[-1] != self.width:
+            raise ValueError(
+                f"Received input_shape={tuple(input_shape)}; a ResidualMLPUnit of width {self.width} "
+                f"takes (batch, {self.width})."
+            )
+
+    def branch(self, x, training=False):
+        """F(x): (B, width) -> (B, width), before DropPath and any gating scale (zoo.analysis)."""
+        if self.norm == "batch":
+            x = ops.relu(self.norms[0](self.dense1(x), training=training))
+            return self.norms[1](self.dense2(x), training=training)
+        if self.norm == "layer":
+            x = self.norms[0](x)
+        return self.dense2(ops.relu(self.dense1(x)))
+
+    def call(self, x, training=None):
+        mapped, branch = self.skip(x, self.branch(x, training=training), training=training)
+        return mapped + self.drop_path(branch, training=training)
+
+    def get_config(self):
+        return {
+            **super().get_config(),
+            "width": self.width,
+            "hidden": self.hidden,
+            "norm": self.norm,
+            "skip": self.skip_name,
+            "skip_options": self.skip_options,
+            "drop_path_rate": self.drop_path_rate,
+            "drop_path_granularity": self.drop_path_granularity,
+            "index": self.index,
+        }
+
+
+@keras.saving.register_keras_serializable(package="zoo")
+class ResidualMLP(keras.Model):
+    """A fully-connected ResNet: flatten, Dense stem, `depth` ResidualMLPUnits, linear head.
+
+    Args:
+        depth: number of residual units L.
+        width: features of the residual stream.
+        hidden: features inside each branch (default `width`).
+        norm: "batch", "layer" or "none" (see the module docstring).
+        skip, skip_options: the skip mapping of every unit, by registered name, and options.
+        num_classes: size of the head; 0 gives the last representation h_L.
+        input_shape: any shape; it is flattened (e.g. (28, 28, 1) or (784,)).
+        drop_path_rate: DropPath rate of the last unit; unit l gets rate * l / (L - 1).
+        drop_path_granularity: "sample" or "batch".
+
+    Call: inputs (B, *input_shape) -> logits (B, num_classes).
+    """
+
+    def __init__(
+        self,
+        depth=8,
+        width=128,
+        hidden=None,
+        norm="batch",
+        skip="identity",
+        skip_options=None,
+        num_classes=10,
+        input_shape=(28, 28, 1),
+        drop_path_rate=0.0,
+        drop_path_granularity="sample",
+        name=None,
+        **kwargs,
+    ):
+        # === Validation ===
+        depth = int(check_range("depth", depth, low=1, integer=True))
+        width = int(check_range("width", width, low=1, integer=True))
+        hidden = None if hidden is None else int(check_range("hidden", hidden, low=1, integer=True))
+        check_choice("norm", norm, NORMS)
+        check_choice("drop_path_granularity", drop_path_granularity, GRANULARITIES)
+        get_skip_class(skip)
+        num_classes = int(check_range("num_classes", num_classes, low=0, integer=True))
+        input_shape = tuple(int(d) for d in input_shape)
+        if not input_shape or any(d < 1 for d in input_shape):
+            raise ValueError(f"Received input_shape={input_shape}; expected positive sizes, e.g. (28, 28, 1).")
+        rates = linear_drop_path_rates(drop_path_rate, depth)
+
+        # === Layers and functional model ===
+        inputs = keras.Input(shape=input_shape, name="inputs")
+        x = layers.Flatten(name="flatten")(inputs) if len(input_shape) > 1 else inputs
+        x = layers.Dense(width, kernel_initializer="he_normal", name="stem")(x)
+        unit_names = []
+        for i in range(depth):
+            unit = ResidualMLPUnit(
+                width,
+                hidden=hidden,
+                norm=norm,
+                skip=skip,
+                skip_options=skip_options,
+                drop_path_rate=rates[i],
+                drop_path_granularity=drop_path_granularity,
+                index=i,
+                name=f"unit{i + 1}",
+            )
+            x = unit(x)
+            unit_names.append(unit.name)
+        features = x
+        outputs = layers.Dense(num_classes, name="head")(features) if num_classes else features
+        super().__init__(inputs=inputs, outputs=outputs, name=name, **kwargs)
+
+        # === Config ===
+        self.depth = depth
+        self.width = width
+        self.hidden = hidden
+        self.norm = norm
+        self.skip = skip
+        self.skip_options = dict(skip_options or {})
+        self.num_classes = num_classes
+        self.data_shape = input_shape
+        self.drop_path_rate = float(drop_path_rate)
+        self.drop_path_granularity = drop_path_granularity
+        self._unit_names = unit_names
+        self._features_name = features._keras_history.operation.name
+
+    # === The zoo's model contract ===
+    @property
+    def residual_units(self):
+        """The residual units, input to output (for DropPathFreeze and analysis)."""
+        return [self.get_layer(n) for n in self._unit_names]
+
+    @property
+    def head(self):
+        return self.get_layer("head") if self.num_classes else None
+
+    def feature_extractor(self):
+        """A model sharing this one's layers: inputs -> last representation h_L (B, width)."""
+        return keras.Model(self.inputs, self.get_layer(self._features_name).output, name=f"{self.name}_features")
+
+    def forward_features(self, inputs, training=False):
+        return self.feature_extractor()(inputs, training=training)
+
+    def forward_head(self, features):
+        return self.head(features) if self.num_classes else features
+
+    def get_config(self):
+        return {
+            "name": self.name,
+            "trainable": self.trainable,
+            "depth": self.depth,
+            "width": self.width,
+            "hidden": self.hidden,
+            "norm": self.norm,
+            "skip": self.skip,
+            "skip_options": self.skip_options,
+            "num_classes": self.num_classes,
+            "input_shape": list(self.data_shape),
+            "drop_path_rate": self.drop_path_rate,
+            "drop_path_granularity": self.drop_path_granularity,
+        }
+
+    @classmethod
+    def from_config(cls, config):
+        return cls(**config)
+
+
+def fmnist_residual_mlp(depth=8, **kwargs):
+    """A residual MLP for 28x28 Fashion-MNIST images, named after its depth."""
+    kwargs.setdefault("name", f"resmlp_fmnist_d{depth}")
+    return ResidualMLP(depth=depth, **kwargs)
+
+
+fmnist_residual_mlp.forwards_to = ResidualMLP
+
+# === Presets: name -> (builder, defaults) ===
+MLP_PRESETS = {
+    f"resmlp_fmnist_d{depth}": (fmnist_residual_mlp, dict(depth=depth, width=128, input_shape=(28, 28, 1), num_classes=10))
+    for depth in (4, 8, 16)
+}
+
+for _name, (_builder, _defaults) in MLP_PRESETS.items():
+    register_model(_name, _builder, family="mlp", **_defaults)
