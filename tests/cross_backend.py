@@ -1,6 +1,9 @@
 """Run under another KERAS_BACKEND: rebuild each model in a folder from its config, load its
 `.weights.h5`, and print the max abs difference to the recorded outputs, as JSON.
 
+A manifest case may name its model class ("class", Keras' registered name, default
+"zoo>ResNet") and its inputs file ("inputs", default inputs.npy).
+
 Used by test_serialization.py in subprocesses: python tests/cross_backend.py DIR
 """
 
@@ -15,10 +18,11 @@ import zoo
 
 folder = Path(sys.argv[1])
 manifest = json.loads((folder / "manifest.json").read_text())
-inputs = np.load(folder / "inputs.npy")
 report = {"backend": keras.backend.backend(), "diffs": {}}
 for case in manifest:
-    model = zoo.ResNet.from_config(case["config"])
+    model_class = keras.saving.get_registered_object(case.get("class", "zoo>ResNet"))
+    model = model_class.from_config(case["config"])
+    inputs = np.load(folder / case.get("inputs", "inputs.npy"))
     model.load_weights(folder / case["weights"])
     out = np.asarray(keras.ops.convert_to_numpy(model(inputs, training=False)))
     report["diffs"][case["id"]] = float(np.max(np.abs(out - np.load(folder / case["outputs"]))))

@@ -10,6 +10,8 @@ from zoo import layers, models
 from zoo.errors import UnknownNameError
 from zoo.layers import DropPath, ResidualUnit, SkipMapping, list_skips, make_skip, register_skip
 from zoo.models import ResNet
+from zoo.models import ViT
+from zoo.models import ResidualRNN, ResidualRNNCell, ResidualStackedRNN
 from zoo.models import ResidualMLP, ResidualMLPUnit
 from zoo.registry import get_model, list_models, register_model
 from zoo import convert
@@ -22,9 +24,13 @@ __all__ = [
     "ResNet",
     "ResidualMLP",
     "ResidualMLPUnit",
+    "ResidualRNN",
+    "ResidualRNNCell",
+    "ResidualStackedRNN",
     "ResidualUnit",
     "SkipMapping",
     "UnknownNameError",
+    "ViT",
     "get_model",
     "list_models",
     "list_skips",

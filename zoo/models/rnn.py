@@ -1,0 +1,477 @@
+"""Residual recurrent networks on any skip mapping, over time and over depth.
+
+Over time (`ResidualRNN`): a cell h_t = M(h_{t-1}) + DropPath(F(x_t, h_{t-1})) with
+F(x, h) = activation(W x + U h + b), tanh by default. With M orthogonal the recurrence keeps
+the norm of its state path (the case of Lechner et al. 2022, arXiv 2206.01261).
+
+Over depth (`ResidualStackedRNN`): stacked LSTM or GRU layers,
+y_l = M(y_{l-1}) + DropPath(RNN_l(y_{l-1})), after an input projection to the hidden width.
+
+Each model is functional: sequences (B, T, F) -> logits (B, num_classes).
+"""
+
+import keras
+from keras import layers, ops
+
+# Keras' RNN layer draws a cell's random masks before its time loop only for cells of this
+# mixin (what keeps the loop body stateless, e.g. inside a JAX scan); it is not exported.
+from keras.src.layers.rnn.dropout_rnn_cell import DropoutRNNCell
+
+from zoo.errors import check_choice, check_range
+from zoo.layers.drop_path import GRANULARITIES, DropPath, linear_drop_path_rates
+from zoo.layers.skip import DropoutSkip, get_skip_class, make_skip
+from zoo.registry import register_model
+
+POOLS = ("last", "mean")
+RECURRENT_LAYERS = {"lstm": layers.LSTM, "gru": layers.GRU}
+
+
+def drop_path_schedule(rate, num_units):
+    """p_l = rate * l / (L - 1); a single unit is the last one and gets `rate`."""
+    return [float(rate)] if num_units == 1 else linear_drop_path_rates(rate, num_units)
+
+
+@keras.saving.register_keras_serializable(package="zoo")
+class ResidualRNNCell(DropoutRNNCell, keras.layers.Layer):
+    """h_t = M(h_{t-1}) + DropPath(activation(W x_t + U h_{t-1} + b)), for `keras.layers.RNN`.
+
+    Args:
+        units: width of the hidden state h.
+        activation: of F; "tanh" by default.
+        skip, skip_options: the skip mapping M on h (registered name, options).
+        drop_path_rate, drop_path_granularity: DropPath on F.
+        index: the cell's position among its model's residual units (offsets the seeds).
+        kernel_initializer, recurrent_initializer, bias_initializer: of W, U, b.
+
+    Randomness (DropPath and the `dropout` skip mapping) is drawn once per sequence, before
+    the time loop, and shared by all time steps, as Keras' LSTM dropout masks (variational,
+    Gal & Ghahramani 2016): the loop body stays stateless, so the cell trains on every
+    backend. A dropped sample therefore runs h_t = M(h_{t-1}) for its whole sequence.
+
+    Step: inputs (B, F), state [h (B, units)] -> (h_t, [h_t]).
+    """
+
+    def __init__(
+        self,
+        units,
+        activation="tanh",
+        skip="identity",
+        skip_options=None,
+        drop_path_rate=0.0,
+        drop_path_granularity="sample",
+        index=0,
+        kernel_initializer="glorot_uniform",
+        recurrent_initializer="orthogonal",
+        bias_initializer="zeros",
+        **kwargs,
+    ):
+        super().__init__(**kwargs)
+        self.units = int(check_range("units", units, low=1, integer=True))
+        self.activation = keras.activations.get(activation)
+        self.skip_name = skip
+        self.skip_options = dict(skip_options or {})
+        self.drop_path_rate = float(check_range("drop_path_rate", drop_path_rate, low=0.0, high=1.0, high_open=True))
+        self.drop_path_granularity = check_choice("drop_path_granularity", drop_path_granularity, GRANULARITIES)
+        self.index = int(index)
+        self.kernel_initializer = keras.initializers.get(kernel_initializer)
+        self.recurrent_initializer = keras.initializers.get(recurrent_initializer)
+        self.bias_initializer = keras.initializers.get(bias_initializer)
+        self.skip = make_skip(skip, self.skip_options, index=index, name="skip")
+        self.drop_path = DropPath(self.drop_path_rate, granularity=self.drop_path_granularity, seed=index, name="drop_path")
+        self.state_size = self.units
+        self.output_size = self.units
+        # DropoutRNNCell's protocol; the masks themselves are ours (see get_dropout_mask).
+        self.dropout = 0.0
+        self.recurrent_dropout = 0.0
+        self._drop_path_factor = None
+        self._skip_dropout_mask = None
+
+    def build(self, input_shape):
+        features = input_shape[-1]
+        if features is None:
+            raise ValueError(f"ResidualRNNCell needs a known feature axis; received input shape {tuple(input_shape)}.")
+        self.kernel = self.add_weight(name="kernel", shape=(features, self.units), initializer=self.kernel_initializer)
+        self.recurrent_kernel = self.add_weight(
+            name="recurrent_kernel", shape=(self.units, self.units), initializer=self.recurrent_initializer
+        )
+        self.bias = self.add_weight(name="bias", shape=(self.units,), initializer=self.bias_initializer)
+        # Built here, not on first call: inside the RNN's loop variables cannot be created.
+        self.skip.build((None, self.units))
+        self.drop_path.build((None, self.units))
+
+    # === Per-sequence random masks (DropoutRNNCell protocol, called before the loop) ===
+    def get_dropout_mask(self, step_input):
+        if self._drop_path_factor is None and self.drop_path_rate > 0:
+            # DropPath of ones is its keep multiplier: 0 or 1 / (1 - rate) a sample.
+            self._drop_path_factor = self.drop_path(ops.ones_like(step_input[:, :1]), training=True)
+        return self._drop_path_factor
+
+    def get_recurrent_dropout_mask(self, state):
+        if self._skip_dropout_mask is None and isinstance(self.skip, DropoutSkip):
+            self._skip_dropout_mask = self.skip(ops.ones_like(state), training=True)
+        return self._skip_dropout_mask
+
+    def reset_dropout_mask(self):
+        self._drop_path_factor = None
+
+    def reset_recurrent_dropout_mask(self):
+        self._skip_dropout_mask = None
+
+    def call(self, inputs, states, training=None):
+        h = states[0] if isinstance(states, (list, tuple)) else states
+        branch = self.activation(ops.matmul(inputs, self.kernel) + ops.matmul(h, self.recurrent_kernel) + self.bias)
+        if isinstance(self.skip, DropoutSkip):
+            mask = self.get_recurrent_dropout_mask(h) if training else None
+            mapped = h if mask is None else h * ops.cast(mask, h.dtype)
+        else:
+            mapped, branch = self.skip(h, branch)
+        if training and self.drop_path_rate > 0:
+            branch = branch * ops.cast(self.get_dropout_mask(inputs), branch.dtype)
+        h = mapped + branch
+        return h, [h]
+
+    def get_config(self):
+        return {
+            **super().get_config(),
+            "units": self.units,
+            "activation": keras.activations.serialize(self.activation),
+            "skip": self.skip_name,
+            "skip_options": self.skip_options,
+            "drop_path_rate": self.drop_path_rate,
+            "drop_path_granularity": self.drop_path_granularity,
+            "index": self.index,
+            "kernel_initializer": keras.initializers.serialize(self.kernel_initializer),
+            "recurrent_initializer": keras.initializers.serialize(self.recurrent_initializer),
+            "bias_initializer": keras.initializers.serialize(self.bias_initializer),
+        }
+
+
+@keras.saving.register_keras_serializable(package="zoo")
+class RecurrentResidualUnit(keras.layers.Layer):
+    """y = M(x) + DropPath(RNN(x)) on sequences (B, T, D), RNN an LSTM or GRU of width D
+    returning its whole sequence (sublayer `rnn`)."""
+
+    def __init__(
+        self,
+        units,
+        cell="lstm",
+        skip="identity",
+        skip_options=None,
+        drop_path_rate=0.0,
+        drop_path_granularity="sample",
+        index=0,
+        **kwargs,
+    ):
+        super().__init__(**kwargs)
+        self.units = int(check_range("units", units, low=1, integer=True))
+        self.cell = check_choice("cell", cell, tuple(RECURRENT_LAYERS))
+        self.skip_name = skip
+        self.skip_options = dict(skip_options or {})
+        self.drop_path_rate = float(check_range("drop_path_rate", drop_path_rate, low=0.0, high=1.0, high_open=True))
+        self.drop_path_granularity = check_choice("drop_path_granularity", drop_path_granularity, GRANULARITIES)
+        self.index = int(index)
+        self.rnn = RECURRENT_LAYERS[cell](self.units, return_sequences=True, name="rnn")
+        self.skip = make_skip(skip, self.skip_options, index=index, name="skip")
+        self.drop_path = DropPath(self.drop_path_rate, granularity=self.drop_path_granularity, seed=index, name="drop_path")
+
+    def build(self, input_shape):
+        if len(input_shape) != 3 or input_shape[-1] != self.units:
+            raise ValueError(
+                f"RecurrentResidualUnit of width {self.units} takes sequences (batch, steps, "
+                f"{self.units}); received input shape {tuple(input_shape)}."
+            )
+        self.rnn.build(input_shape)
+        self.skip.build(input_shape)
+        self.drop_path.build(input_shape)
+
+    def call(self, x, training=None):
+        branch = self.rnn(x, training=training)
+        mapped, branch = self.skip(x, branch, training=training)
+        return mapped + self.drop_path(branch, training=training)
+
+    def compute_output_shape(self, input_shape):
+        return input_shape
+
+    def get_config(self):
+        return {
+            **super().get_config(),
+            "units": self.units,
+            "cell": self.cell,
+            "skip": self.skip_name,
+            "skip_options": self.skip_options,
+            "drop_path_rate": self.drop_path_rate,
+            "drop_path_granularity": self.drop_path_granularity,
+            "index": self.index,
+        }
+
+
+@keras.saving.register_keras_serializable(package="zoo")
+class SequencePool(keras.layers.Layer):
+    """(B, T, D) -> (B, D): the last time step ("last") or the mean over time ("mean")."""
+
+    def __init__(self, mode="last", **kwargs):
+        super().__init__(**kwargs)
+        self.mode = check_choice("mode", mode, POOLS)
+
+    def call(self, x):
+        return x[:, -1] if self.mode == "last" else ops.mean(x, axis=1)
+
+    def compute_output_shape(self, input_shape):
+        return (input_shape[0], input_shape[2])
+
+    def get_config(self):
+        return {**super().get_config(), "mode": self.mode}
+
+
+def _check_sequence_shape(input_shape):
+    input_shape = tuple(input_shape)
+    if len(input_shape) != 2 or input_shape[1] is None or int(input_shape[1]) < 1:
+        raise ValueError(
+            f"Received input_shape={input_shape}; a recurrent model takes rank-2 sequences "
+            "(steps, features) with a known feature size, e.g. (28, 28) or (40, 1)."
+        )
+    if input_shape[0] is not None and int(input_shape[0]) < 1:
+        raise ValueError(f"Received input_shape={input_shape}; the number of steps must be positive.")
+    return input_shape
+
+
+class _SequenceModelContract:
+    """The zoo's model contract for the recurrent models (shared by both forms)."""
+
+    @property
+    def head(self):
+        return self.get_layer("head") if self.num_classes else None
+
+    def feature_extractor(self):
+        """A model sharing this one's layers: sequences -> pooled features (B, units)."""
+        return keras.Model(self.inputs, self.get_layer("pool").output, name=f"{self.name}_features")
+
+    def forward_features(self, sequences, training=False):
+        return self.feature_extractor()(sequences, training=training)
+
+    def forward_head(self, features):
+        return self.head(features) if self.num_classes else features
+
+    @classmethod
+    def from_config(cls, config):
+        return cls(**config)
+
+
+@keras.saving.register_keras_serializable(package="zoo")
+class ResidualRNN(_SequenceModelContract, keras.Model):
+    """Residual recurrence over time: `num_layers` RNN layers of `ResidualRNNCell`s.
+
+    Args:
+        units: hidden width.
+        num_layers: stacked recurrent layers (each returns its sequence to the next).
+        activation: of F in every cell ("tanh").
+        input_projection: a Dense(units) on every step before the first layer.
+        skip, skip_options: the skip mapping M on h_{t-1}.
+        pool: "last" (the final state) or "mean" (mean over time of the last layer's states).
+        num_classes: size of the head; 0 gives the pooled features.
+        input_shape: (steps, features); steps may be None.
+        drop_path_rate, drop_path_granularity: DropPath on F, schedule over the cells.
+
+    The residual units are the cells (one per layer, `rnn{l}` layers' `.cell`): each is a
+    unit h_t = M(h_{t-1}) + DropPath(F) applied at every time step.
+    """
+
+    def __init__(
+        self,
+        units=64,
+        num_layers=1,
+        activation="tanh",
+        input_projection=False,
+        skip="identity",
+        skip_options=None,
+        pool="last",
+        num_classes=10,
+        input_shape=(28, 28),
+        drop_path_rate=0.0,
+        drop_path_granularity="sample",
+        name=None,
+        **kwargs,
+    ):
+        # === Validation ===
+        units = int(check_range("units", units, low=1, integer=True))
+        num_layers = int(check_range("num_layers", num_layers, low=1, integer=True))
+        check_choice("pool", pool, POOLS)
+        check_choice("drop_path_granularity", drop_path_granularity, GRANULARITIES)
+        get_skip_class(skip)
+        num_classes = int(check_range("num_classes", num_classes, low=0, integer=True))
+        input_shape = _check_sequence_shape(input_shape)
+        rates = drop_path_schedule(drop_path_rate, num_layers)
+
+        # === Layers and functional model ===
+        inputs = keras.Input(shape=input_shape, name="sequences")
+        x = layers.Dense(units, name="input_proj")(inputs) if input_projection else inputs
+        layer_names = []
+        for i in range(num_layers):
+            cell = ResidualRNNCell(
+                units,
+                activation=activation,
+                skip=skip,
+                skip_options=skip_options,
+                drop_path_rate=rates[i],
+                drop_path_granularity=drop_path_granularity,
+                index=i,
+                name="cell",
+            )
+            last = i == num_layers - 1
+            rnn = layers.RNN(cell, return_sequences=not last or pool == "mean", name=f"rnn{i}")
+            x = rnn(x)
+            layer_names.append(rnn.name)
+        pooled = SequencePool(pool, name="pool")(x) if pool == "mean" else layers.Identity(name="pool")(x)
+        outputs = layers.Dense(num_classes, name="head")(pooled) if num_classes else pooled
+        super().__init__(inputs=inputs, outputs=outputs, name=name, **kwargs)
+
+        # === Config ===
+        self.units = units
+        self.num_layers = num_layers
+        self.activation = activation
+        self.input_projection = bool(input_projection)
+        self.skip = skip
+        self.skip_options = dict(skip_options or {})
+        self.pool = pool
+        self.num_classes = num_classes
+        self.sequence_shape = input_shape
+        self.drop_path_rate = float(drop_path_rate)
+        self.drop_path_granularity = drop_path_granularity
+        self._rnn_names = layer_names
+
+    @property
+    def residual_units(self):
+        """The `ResidualRNNCell` of every layer, input to output."""
+        return [self.get_layer(n).cell for n in self._rnn_names]
+
+    def get_config(self):
+        return {
+            "name": self.name,
+            "trainable": self.trainable,
+            "units": self.units,
+            "num_layers": self.num_layers,
+            "activation": self.activation,
+            "input_projection": self.input_projection,
+            "skip": self.skip,
+            "skip_options": self.skip_options,
+            "pool": self.pool,
+            "num_classes": self.num_classes,
+            "input_shape": list(self.sequence_shape),
+            "drop_path_rate": self.drop_path_rate,
+            "drop_path_granularity": self.drop_path_granularity,
+        }
+
+
+@keras.saving.register_keras_serializable(package="zoo")
+class ResidualStackedRNN(_SequenceModelContract, keras.Model):
+    """Residual recurrence over depth: input_proj, then `depth` units
+    y_l = M(y_{l-1}) + DropPath(RNN_l(y_{l-1})) of LSTM or GRU layers, then pool and head.
+
+    Args:
+        units: width of every layer (the input is projected to it by `input_proj`).
+        depth: number of residual units.
+        cell: "lstm" or "gru".
+        skip, skip_options: the skip mapping M on the sequence features.
+        pool: "last" (last time step) or "mean" (mean over time).
+        num_classes, input_shape, drop_path_rate, drop_path_granularity: as `ResidualRNN`.
+    """
+
+    def __init__(
+        self,
+        units=64,
+        depth=2,
+        cell="lstm",
+        skip="identity",
+        skip_options=None,
+        pool="last",
+        num_classes=10,
+        input_shape=(28, 28),
+        drop_path_rate=0.0,
+        drop_path_granularity="sample",
+        name=None,
+        **kwargs,
+    ):
+        # === Validation ===
+        units = int(check_range("units", units, low=1, integer=True))
+        depth = int(check_range("depth", depth, low=1, integer=True))
+        check_choice("cell", cell, tuple(RECURRENT_LAYERS))
+        check_choice("pool", pool, POOLS)
+        check_choice("drop_path_granularity", drop_path_granularity, GRANULARITIES)
+        get_skip_class(skip)
+        num_classes = int(check_range("num_classes", num_classes, low=0, integer=True))
+        input_shape = _check_sequence_shape(input_shape)
+        rates = drop_path_schedule(drop_path_rate, depth)
+
+        # === Layers and functional model ===
+        inputs = keras.Input(shape=input_shape, name="sequences")
+        x = layers.Dense(units, name="input_proj")(inputs)
+        unit_names = []
+        for i in range(depth):
+            unit = RecurrentResidualUnit(
+                units,
+                cell=cell,
+                skip=skip,
+                skip_options=skip_options,
+                drop_path_rate=rates[i],
+                drop_path_granularity=drop_path_granularity,
+                index=i,
+                name=f"unit{i}",
+            )
+            x = unit(x)
+            unit_names.append(unit.name)
+        pooled = SequencePool(pool, name="pool")(x)
+        outputs = layers.Dense(num_classes, name="head")(pooled) if num_classes else pooled
+        super().__init__(inputs=inputs, outputs=outputs, name=name, **kwargs)
+
+        # === Config ===
+        self.units = units
+        self.depth = depth
+        self.cell = cell
+        self.skip = skip
+        self.skip_options = dict(skip_options or {})
+        self.pool = pool
+        self.num_classes = num_classes
+        self.sequence_shape = input_shape
+        self.drop_path_rate = float(drop_path_rate)
+        self.drop_path_granularity = drop_path_granularity
+        self._unit_names = unit_names
+
+    @property
+    def residual_units(self):
+        """The `RecurrentResidualUnit`s, input to output."""
+        return [self.get_layer(n) for n in self._unit_names]
+
+    def get_config(self):
+        return {
+            "name": self.name,
+            "trainable": self.trainable,
+            "units": self.units,
+            "depth": self.depth,
+            "cell": self.cell,
+            "skip": self.skip,
+            "skip_options": self.skip_options,
+            "pool": self.pool,
+            "num_classes": self.num_classes,
+            "input_shape": list(self.sequence_shape),
+            "drop_path_rate": self.drop_path_rate,
+            "drop_path_granularity": self.drop_path_granularity,
+        }
+
+
+# === Presets: name -> (builder, defaults) ===
+_FMNIST_ROWS = dict(input_shape=(28, 28), num_classes=10)  # Fashion-MNIST, one image row a step
+_MNIST1D = dict(input_shape=(40, 1), num_classes=10)  # MNIST-1D (Greydanus 2020), 40 steps x 1
+_ADDING = dict(input_shape=(None, 2), num_classes=1)  # zoo.data.synthetic.adding_problem
+
+RNN_PRESETS = {
+    "resrnn_fmnist_rows": (ResidualRNN, dict(units=128, skip="orthogonal", **_FMNIST_ROWS)),
+    "resgru_fmnist_rows": (ResidualStackedRNN, dict(units=64, depth=3, cell="gru", **_FMNIST_ROWS)),
+    "resrnn_mnist1d": (ResidualRNN, dict(units=128, skip="orthogonal", **_MNIST1D)),
+    "resgru_mnist1d": (ResidualStackedRNN, dict(units=64, depth=3, cell="gru", **_MNIST1D)),
+    "reslstm_mnist1d": (ResidualStackedRNN, dict(units=64, depth=3, cell="lstm", **_MNIST1D)),
+    "resrnn_adding": (ResidualRNN, dict(units=64, skip="orthogonal", **_ADDING)),
+    "reslstm_adding": (ResidualStackedRNN, dict(units=64, depth=2, cell="lstm", **_ADDING)),
+}
+
+for _name, (_builder, _defaults) in RNN_PRESETS.items():
+    register_model(_name, _builder, family="rnn", **_defaults)

@@ -1,0 +1,248 @@
+"""Vision Transformers (Dosovitskiy et al. 2020, arXiv 2010.11929) on any skip mapping.
+
+Structure and numerics mirror timm's `VisionTransformer` (class token, no pre-norm, no layer
+scale), so timm weights import by renaming keys. Every residual add is a unit
+y = M(x) + DropPath(F(LN(x))), two per block, with its own skip-mapping instance.
+
+Layer names and their timm keys (torch Linear weights are (out, in): transpose them; the
+patch conv's (D, C, p, p) kernel becomes (p, p, C, D); LayerNorm weight/bias = gamma/beta):
+
+    patch_embed                  patch_embed.proj          Conv2D(D, p, stride p, with bias)
+    cls_token/cls_token          cls_token                 (1, 1, D)
+    pos_embed/pos_embed          pos_embed                 (1, N + 1, D)
+    block{i}_attn/norm1          blocks.{i}.norm1
+    block{i}_attn/qkv            blocks.{i}.attn.qkv       D -> 3D, output (3, heads, head_dim)
+    block{i}_attn/proj           blocks.{i}.attn.proj
+    block{i}_mlp/norm2           blocks.{i}.norm2
+    block{i}_mlp/fc1             blocks.{i}.mlp.fc1
+    block{i}_mlp/fc2             blocks.{i}.mlp.fc2
+    norm                         norm                      global_pool="token"
+    fc_norm                      fc_norm                   global_pool="avg" (timm: norm after pooling)
+    head                         head
+
+Blocks are numbered from 0, as timm's. Images are channels last; tokens are flattened row by
+row, as timm's `flatten(2).transpose(1, 2)`.
+"""
+
+import keras
+from keras import layers
+
+from zoo.errors import check_choice, check_range
+from zoo.layers.drop_path import GRANULARITIES, linear_drop_path_rates
+from zoo.layers.skip import get_skip_class
+from zoo.layers.transformer import (
+    AttentionUnit,
+    ClassToken,
+    MLPUnit,
+    PositionEmbedding,
+    TokenPool,
+    dense,
+    layer_norm,
+)
+from zoo.registry import register_model
+
+GLOBAL_POOLS = ("token", "avg")
+
+
+@keras.saving.register_keras_serializable(package="zoo")
+class ViT(keras.Model):
+    """A Vision Transformer whose every residual add is y = M(x) + DropPath(F(LN(x))).
+
+    Args:
+        image_size: (height, width, channels), channels last; height and width divisible by
+            patch_size.
+        patch_size: side of the square patches.
+        embed_dim, depth, num_heads, mlp_ratio: width D, number of blocks, attention heads,
+            MLP hidden width / D (timm Ti/S/B/L: 192/384/768/1024, 12/12/12/24, 3/6/12/16, 4).
+        class_token: prepend a learned class token.
+        global_pool: "token" (head on the class token, after the final LayerNorm `norm`) or
+            "avg" (mean of the patch tokens, then LayerNorm `fc_norm`, as timm).
+        skip, skip_options: the skip mapping M of every residual unit (on the D axis).
+        num_classes: size of the head; 0 gives the pooled features.
+        drop_path_rate: DropPath rate of the last unit; unit l of L = 2 * depth gets
+            rate * l / (L - 1).
+        drop_path_granularity: "sample" or "batch".
+
+    Call: images (B, H, W, C) -> logits (B, num_classes).
+    """
+
+    def __init__(
+        self,
+        image_size=(224, 224, 3),
+        patch_size=16,
+        embed_dim=192,
+        depth=12,
+        num_heads=3,
+        mlp_ratio=4.0,
+        class_token=True,
+        global_pool="token",
+        skip="identity",
+        skip_options=None,
+        num_classes=1000,
+        drop_path_rate=0.0,
+        drop_path_granularity="sample",
+        name=None,
+        **kwargs,
+    ):
+        # === Validation ===
+        image_size = tuple(image_size)
+        if len(image_size) != 3 or any(not isinstance(d, int) or d < 1 for d in image_size):
+            raise ValueError(
+                f"Received image_size={image_size}; a ViT takes rank-3 images (height, width, "
+                "channels) with known positive sizes, e.g. (224, 224, 3) or (28, 28, 1)."
+            )
+        patch_size = int(check_range("patch_size", patch_size, low=1, integer=True))
+        if image_size[0] % patch_size or image_size[1] % patch_size:
+            raise ValueError(
+                f"Received image_size={image_size} with patch_size={patch_size}; height and "
+                "width must be divisible by the patch size."
+            )
+        embed_dim = int(check_range("embed_dim", embed_dim, low=1, integer=True))
+        depth = int(check_range("depth", depth, low=1, integer=True))
+        num_heads = int(check_range("num_heads", num_heads, low=1, integer=True))
+        if embed_dim % num_heads:
+            raise ValueError(
+                f"Received embed_dim={embed_dim} with num_heads={num_heads}; embed_dim must be "
+                "divisible by num_heads."
+            )
+        mlp_ratio = float(check_range("mlp_ratio", mlp_ratio, low=0.0, low_open=True))
+        check_choice("global_pool", global_pool, GLOBAL_POOLS)
+        if global_pool == "token" and not class_token:
+            raise ValueError("Received global_pool='token' with class_token=False; pooling on the "
+                             "class token needs one (use global_pool='avg').")
+        check_choice("drop_path_granularity", drop_path_granularity, GRANULARITIES)
+        get_skip_class(skip)
+        num_classes = int(check_range("num_classes", num_classes, low=0, integer=True))
+        rates = linear_drop_path_rates(drop_path_rate, 2 * depth)
+        prefix = 1 if class_token else 0
+
+        # === Layers and functional model ===
+        inputs = keras.Input(shape=image_size, name="images")
+        x = layers.Conv2D(
+            embed_dim, patch_size, strides=patch_size, kernel_initializer="lecun_normal", name="patch_embed"
+        )(inputs)
+        grid = (image_size[0] // patch_size) * (image_size[1] // patch_size)
+        x = layers.Reshape((grid, embed_dim), name="patch_tokens")(x)
+        if class_token:
+            x = ClassToken(name="cls_token")(x)
+        x = PositionEmbedding(name="pos_embed")(x)
+
+        unit_names = []
+        common = dict(skip=skip, skip_options=skip_options, drop_path_granularity=drop_path_granularity)
+        for i in range(depth):
+            for kind, unit_cls, arg in (("attn", AttentionUnit, dict(num_heads=num_heads)),
+                                        ("mlp", MLPUnit, dict(hidden_dim=int(embed_dim * mlp_ratio)))):
+                index = len(unit_names)
+                unit = unit_cls(**arg, **common, drop_path_rate=rates[index], index=index, name=f"block{i}_{kind}")
+                x = unit(x)
+                unit_names.append(unit.name)
+        if global_pool == "token":
+            features = layer_norm("norm")(x)
+            pooled = TokenPool("token", name="pool")(features)
+        else:
+            features = x
+            pooled = TokenPool("avg", num_prefix_tokens=prefix, name="pool")(features)
+            pooled = layer_norm("fc_norm")(pooled)
+        outputs = dense(num_classes, "head")(pooled) if num_classes else pooled
+        super().__init__(inputs=inputs, outputs=outputs, name=name, **kwargs)
+
+        # === Config ===
+        self.image_size = image_size
+        self.patch_size = patch_size
+        self.embed_dim = embed_dim
+        self.depth = depth
+        self.num_heads = num_heads
+        self.mlp_ratio = mlp_ratio
+        self.class_token = bool(class_token)
+        self.global_pool = global_pool
+        self.skip = skip
+        self.skip_options = dict(skip_options or {})
+        self.num_classes = num_classes
+        self.drop_path_rate = float(drop_path_rate)
+        self.drop_path_granularity = drop_path_granularity
+        self._unit_names = unit_names
+        self._features_name = features._keras_history.operation.name
+
+    # === The zoo's model contract ===
+    @property
+    def residual_units(self):
+        """The 2 * depth residual units (attention, MLP, attention, ...), input to output."""
+        return [self.get_layer(n) for n in self._unit_names]
+
+    @property
+    def head(self):
+        return self.get_layer("head") if self.num_classes else None
+
+    def feature_extractor(self):
+        """A model sharing this one's layers: images -> tokens (B, N + 1, D) after the last
+        block (and the final `norm` with global_pool="token")."""
+        return keras.Model(self.inputs, self.get_layer(self._features_name).output, name=f"{self.name}_features")
+
+    def forward_features(self, images, training=False):
+        return self.feature_extractor()(images, training=training)
+
+    def forward_head(self, features):
+        pooled = self.get_layer("pool")(features)
+        if self.global_pool == "avg":
+            pooled = self.get_layer("fc_norm")(pooled)
+        return self.head(pooled) if self.num_classes else pooled
+
+    def get_config(self):
+        return {
+            "name": self.name,
+            "trainable": self.trainable,
+            "image_size": list(self.image_size),
+            "patch_size": self.patch_size,
+            "embed_dim": self.embed_dim,
+            "depth": self.depth,
+            "num_heads": self.num_heads,
+            "mlp_ratio": self.mlp_ratio,
+            "class_token": self.class_token,
+            "global_pool": self.global_pool,
+            "skip": self.skip,
+            "skip_options": self.skip_options,
+            "num_classes": self.num_classes,
+            "drop_path_rate": self.drop_path_rate,
+            "drop_path_granularity": self.drop_path_granularity,
+        }
+
+    @classmethod
+    def from_config(cls, config):
+        return cls(**config)
+
+
+# timm's sizes: (embed_dim, depth, num_heads), MLP ratio 4.
+VIT_SIZES = {
+    "tiny": (192, 12, 3),
+    "small": (384, 12, 6),
+    "base": (768, 12, 12),
+    "large": (1024, 24, 16),
+}
+
+
+def vit_by_size(size="tiny", **kwargs):
+    """A ViT of timm's `size` ("tiny", "small", "base", "large"); kwargs go to `ViT`."""
+    check_choice("size", size, tuple(VIT_SIZES))
+    embed_dim, depth, num_heads = VIT_SIZES[size]
+    return ViT(**{"embed_dim": embed_dim, "depth": depth, "num_heads": num_heads, **kwargs})
+
+
+vit_by_size.forwards_to = ViT
+
+_IMAGENET = dict(image_size=(224, 224, 3), patch_size=16, num_classes=1000)
+# Small-image presets stay small (4 blocks of width 192, 3 heads) so that they train on a CPU.
+_SMALL = dict(size="tiny", depth=4)
+
+# === Presets: name -> (builder, defaults) ===
+VIT_PRESETS = {
+    "vit_tiny_patch16_224": (vit_by_size, dict(size="tiny", **_IMAGENET)),
+    "vit_small_patch16_224": (vit_by_size, dict(size="small", **_IMAGENET)),
+    "vit_base_patch16_224": (vit_by_size, dict(size="base", **_IMAGENET)),
+    "vit_large_patch16_224": (vit_by_size, dict(size="large", **_IMAGENET)),
+    "vit_tiny_patch4_32": (vit_by_size, dict(**_SMALL, image_size=(32, 32, 3), patch_size=4, num_classes=10)),
+    "vit_tiny_patch4_28": (vit_by_size, dict(**_SMALL, image_size=(28, 28, 1), patch_size=4, num_classes=10)),
+    "vit_tiny_patch2_28": (vit_by_size, dict(**_SMALL, image_size=(28, 28, 1), patch_size=2, num_classes=10)),
+}
+
+for _name, (_builder, _defaults) in VIT_PRESETS.items():
+    register_model(_name, _builder, family="vit", **_defaults)
