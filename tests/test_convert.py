@@ -24,7 +24,6 @@ from zoo.convert import (
     export_state_dict,
     load_torch_weights,
     read_checkpoint,
-    write_safetensors,
     write_sharded_safetensors,
 )
 
@@ -259,6 +258,40 @@ def test_timm_wrong_architecture_and_corrupted_shard_change_nothing(tmp_path):
     assert_unchanged(model, before)
 
 
+@pytest.mark.skipif(not hasattr(zoo, "ViT"), reason="zoo.ViT is not part of this checkout")
+def test_timm_vit_reproduces_reference_logits():
+    index = timm_or_skip("vit_tiny_patch16_224")
+    model, report = zoo.convert.import_timm(index, arch="vit_tiny_patch16_224")
+    assert report.layout == "timm_vit" and not report.skipped and not report.ignored
+    assert isinstance(model, zoo.ViT) and model.num_heads == 3
+    logits = to_numpy(model(timm_inputs(), training=False))
+    assert np.max(np.abs(logits - np.load(TIMM_REF / "vit_tiny_patch16_224.logits.npy"))) <= 1e-4
+
+
+@pytest.mark.skipif(not hasattr(zoo, "ViT"), reason="zoo.ViT is not part of this checkout")
+@pytest.mark.parametrize("name, heads", [("vit_small_patch16_224", 6), ("vit_base_patch16_224", 12)])
+def test_timm_vit_small_and_base_follow_the_same_rules(name, heads):
+    """A timm-layout state dict of ViT-S/B (one block) builds the same architecture and loads exactly."""
+    model = zoo.get_model(name, depth=1, image_size=(32, 32, 3), num_classes=4)
+    state = export_state_dict(model, "timm_vit")
+    assert {"cls_token", "pos_embed", "blocks.0.attn.qkv.weight", "norm.weight", "head.weight"} <= set(state)
+    assert state["blocks.0.attn.qkv.weight"].shape == (3 * model.embed_dim, model.embed_dim)
+    rebuilt, report = zoo.convert.import_checkpoint(state, num_classes=4)
+    assert report.layout == "timm_vit" and rebuilt.num_heads == heads and rebuilt.embed_dim == model.embed_dim
+    for key, value in export_state_dict(rebuilt, "timm_vit").items():
+        np.testing.assert_array_equal(value, state[key], err_msg=key)
+
+
+@pytest.mark.skipif(not hasattr(zoo, "ViT"), reason="zoo.ViT is not part of this checkout")
+def test_timm_vit_into_a_vit_of_another_size_is_an_architecture_error():
+    index = timm_or_skip("vit_tiny_patch16_224")
+    model = zoo.get_model("vit_small_patch16_224", depth=1)
+    before = snapshot(model)
+    with pytest.raises(ArchitectureMismatchError, match=r"holds vit_tiny_patch16 \(embed_dim 192, depth 12.*differ in embed_dim, depth"):
+        load_torch_weights(model, index)
+    assert_unchanged(model, before)
+
+
 # === swap_skip ===
 def perturbed(model):
     rng = np.random.default_rng(1)
@@ -308,6 +341,19 @@ def test_swap_skip_of_a_shipped_model_keeps_its_branches():
     assert swapped.downsample == "pad" and swapped.skip == "sparse"
     new = snapshot(swapped)
     for path, value in snapshot(model).items():
+        np.testing.assert_array_equal(new[path], value, err_msg=path)
+
+
+@pytest.mark.skipif(not hasattr(zoo, "ViT"), reason="zoo.ViT is not part of this checkout")
+def test_swap_skip_works_for_a_vit():
+    model = perturbed(zoo.ViT(image_size=(8, 8, 3), patch_size=4, embed_dim=8, depth=1, num_heads=2, num_classes=3))
+    x = images()
+    same = zoo.swap_skip(model, "identity")
+    np.testing.assert_array_equal(to_numpy(same(x)), to_numpy(model(x)))
+    swapped = zoo.swap_skip(model, "sparse", k=2)
+    before, new = snapshot(model), snapshot(swapped)
+    assert any("/skip/" in p for p in new)
+    for path, value in before.items():
         np.testing.assert_array_equal(new[path], value, err_msg=path)
 
 

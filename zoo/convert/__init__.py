@@ -10,7 +10,7 @@ here), strictly by default: a missing, unexpected or mis-shaped key raises namin
 failed import leaves the model's weights unchanged.
 """
 
-from zoo.convert import cifar_resnet, timm_resnet  # noqa: F401  (register the layouts)
+from zoo.convert import cifar_resnet, timm_resnet, timm_vit  # noqa: F401  (register the layouts)
 from zoo.convert.checkpoint import (
     Checkpoint,
     CheckpointError,

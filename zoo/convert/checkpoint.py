@@ -144,7 +144,7 @@ def read_torch_file(path):
     """A torch.save file, read with `torch.load(weights_only=True)` (never a plain unpickle)."""
     path = Path(path)
     if not path.is_file():
-        raise CheckpointError(f"Checkpoint file {str(path)!r} does not exist.")
+        raise CheckpointError(f"Checkpoint file {str(path)!r} does not exist (or is not a file).")
     import torch  # only here: reading .th/.pt files needs torch, `import zoo` does not
 
     try:

@@ -10,6 +10,7 @@ the model's weights untouched.
 import dataclasses
 import re
 
+import keras
 import numpy as np
 
 from zoo.convert.checkpoint import Checkpoint, WeightImportError, read_checkpoint
@@ -295,8 +296,6 @@ def export_state_dict(model, layout):
     """The inverse of `load_torch_weights`: the model's weights as a PyTorch-layout state dict."""
     chosen = get_layout(layout)
     variables = {v.path: v for v in model.weights}
-    import keras
-
     return {
         key: np.ascontiguousarray(transform.inverse(np.asarray(keras.ops.convert_to_numpy(variables[path]))))
         for path, (key, transform) in chosen.key_map(model).items()

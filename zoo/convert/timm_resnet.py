@@ -61,7 +61,7 @@ class TimmResNetLayout(Layout):
     def key_map(self, model):
         table = {**conv_entries("stem_conv", "conv1"), **norm_entries("stem_bn", "bn1")}
         n_convs = 3 if model.block == "bottleneck" else 2
-        for s, unit in enumerate(model.residual_units):
+        for unit in model.residual_units:
             stage, i = (int(x) for x in unit.name.removeprefix("stage").split("_unit"))
             source = f"layer{stage}.{i - 1}"
             for j in range(1, n_convs + 1):
