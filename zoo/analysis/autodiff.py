@@ -14,6 +14,8 @@ forward plus one backward pass of `fn`: no Jacobian is ever formed here.
     PyTorch     torch.func.jvp, torch.func.vjp
 """
 
+import functools
+
 import keras
 import numpy as np
 
@@ -51,18 +53,34 @@ def grad(fn, x):
 
 
 # === JAX ===
-def _jax_jvp(fn, x, v):
-    import jax
-
-    return jax.jvp(fn, (x,), (v,))
-
-
-def _jax_vjp(fn, x, u):
+# Compiled once per (fn, shapes): eager JAX would compile every primitive for every new shape.
+# Keras variables read inside the trace become constants of the compiled product.
+@functools.lru_cache(maxsize=16)
+def _jax_compiled(fn):
     import jax
     import jax.numpy as jnp
 
-    y, pullback = jax.vjp(fn, x)
-    return y, pullback(jnp.ones_like(y) if u is None else u)[0]
+    def forward(x, v):
+        return jax.jvp(fn, (x,), (v,))
+
+    def reverse(x, u):
+        y, pullback = jax.vjp(fn, x)
+        return y, pullback(u)[0]
+
+    def reverse_ones(x):
+        y, pullback = jax.vjp(fn, x)
+        return y, pullback(jnp.ones_like(y))[0]
+
+    return jax.jit(forward), jax.jit(reverse), jax.jit(reverse_ones)
+
+
+def _jax_jvp(fn, x, v):
+    return _jax_compiled(fn)[0](x, v)
+
+
+def _jax_vjp(fn, x, u):
+    compiled = _jax_compiled(fn)
+    return compiled[2](x) if u is None else compiled[1](x, u)
 
 
 # === TensorFlow ===

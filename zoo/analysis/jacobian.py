@@ -14,6 +14,7 @@ is float64 numpy.
 
 import dataclasses
 
+import keras
 import numpy as np
 
 from zoo.analysis import autodiff
@@ -35,7 +36,7 @@ class JacobianOperator:
         self.fn = fn
         self.x = x
         self.in_shape = x.shape[1:]
-        self.value = np.asarray(autodiff.jvp(fn, x, np.zeros_like(x))[0])
+        self.value = np.asarray(keras.ops.convert_to_numpy(fn(keras.ops.convert_to_tensor(x))))
         self.out_shape = self.value.shape[1:]
         self.in_dim = int(np.prod(self.in_shape))
         self.out_dim = int(np.prod(self.out_shape))

@@ -58,19 +58,20 @@ def unit_tensors(model, inputs):
     return unit_inputs, trajectory
 
 
-def loss_gradients(model, unit_inputs, labels):
-    """dLoss/dh_i for every unit's input (cross-entropy of the logits), per sample."""
+def loss_gradients(model, unit_inputs, labels, indices=None):
+    """{i: dLoss/dh_i} for the inputs of units `indices` (default all): the cross-entropy of
+    the logits against integer `labels`, per sample."""
     units = residual_units_of(model)
     labels = keras.ops.convert_to_tensor(np.asarray(labels, dtype="int32"))
-    gradients = []
-    for unit, h in zip(units, unit_inputs):
-        tail = keras.Model(unit.input, model.output)
+    gradients = {}
+    for i in range(len(units)) if indices is None else indices:
+        tail = keras.Model(units[i].input, model.output)
 
         def loss(h_, tail=tail):
             logits = tail(h_, training=False)
             return keras.losses.sparse_categorical_crossentropy(labels, logits, from_logits=True)
 
-        gradients.append(autodiff.grad(loss, h)[1])
+        gradients[i] = autodiff.grad(loss, unit_inputs[i])[1]
     return gradients
 
 
@@ -105,7 +106,7 @@ def analyze_model(
     start = time.time()
 
     unit_inputs, trajectory = unit_tensors(model, inputs)
-    gradients = loss_gradients(model, unit_inputs, labels) if (labels is not None and num_classes) else None
+    gradients = loss_gradients(model, unit_inputs, labels, chosen) if (labels is not None and num_classes) else None
 
     unit_reports = []
     top_left = [[] for _ in range(n)]  # u_1 per input, per analysed unit
