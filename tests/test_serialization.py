@@ -24,7 +24,7 @@ def trained_a_little(model):
     """Move every weight (BN statistics included) off its initial value."""
     rng = np.random.default_rng(1)
     for w in model.weights:
-        if "seed_generator" in w.path or "keep_override" in w.path:
+        if "seed_generator" in w.path:
             continue
         value = to_numpy(w)
         w.assign(value + 0.05 * rng.standard_normal(value.shape).astype("float32") * (1 if w.trainable else 0.5))

@@ -18,10 +18,11 @@ class DropPath(keras.layers.Layer):
       "batch":  one draw for the whole batch, so a dropped branch needs no compute at all (the
                 DropPathFreeze step of Park 2024 uses this).
 
-    A training step can impose the keep decision through the non-trainable scalar weight
-    `keep_override`: a negative value (the default, -1) means "draw from the seed generator",
-    0 means drop, 1 means keep. It is a variable, not a Python attribute, so a compiled step
-    reads it as a tensor and does not retrace when it changes.
+    A training step can impose the decision with `force(multiplier, grad_gate)`: while set,
+    the branch is multiplied by `multiplier` (a scalar, or one value a sample) instead of a
+    draw, and `grad_gate` (one value a sample, or None) lets gradients through only where it
+    is 1. The DropPathFreeze step sets these to tensors computed inside its compiled step, so
+    changing masks never retrace, and nothing of it is saved with the weights.
 
     Input: any tensor with a leading batch axis. Output: the same shape.
     """
@@ -34,25 +35,29 @@ class DropPath(keras.layers.Layer):
         self.seed_generator = keras.random.SeedGenerator(self.seed, name="seed_generator")
         self.supports_masking = True
 
-    def build(self, input_shape):
-        self.keep_override = self.add_weight(
-            name="keep_override",
-            shape=(),
-            initializer=keras.initializers.Constant(-1.0),
-            trainable=False,
-        )
+    def force(self, multiplier=None, grad_gate=None):
+        """Impose this step's keep multiplier (None restores random drawing)."""
+        # object.__setattr__: transient tensors, not state for Keras' (or torch's) tracking.
+        object.__setattr__(self, "_forced", None if multiplier is None else (multiplier, grad_gate))
+
+    def _per_sample(self, value, x):
+        return ops.reshape(ops.cast(value, x.dtype), (-1,) + (1,) * (len(x.shape) - 1))
 
     def call(self, x, training=None):
+        forced = getattr(self, "_forced", None)
+        if forced is not None:
+            multiplier, grad_gate = forced
+            if grad_gate is not None:
+                gate = self._per_sample(grad_gate, x)
+                x = gate * x + (1 - gate) * ops.stop_gradient(x)
+            if len(multiplier.shape) == 0:
+                return x * ops.cast(multiplier, x.dtype)
+            return x * self._per_sample(multiplier, x)
         if not training or self.rate == 0.0:
             return x
         keep_prob = 1.0 - self.rate
-        if self.granularity == "sample":
-            shape = (ops.shape(x)[0],) + (1,) * (len(x.shape) - 1)
-        else:
-            shape = ()
-        drawn = ops.floor(keras.random.uniform(shape, seed=self.seed_generator) + keep_prob)
-        override = ops.cast(self.keep_override, drawn.dtype)
-        keep = ops.where(override >= 0, override, drawn)
+        shape = (ops.shape(x)[0],) + (1,) * (len(x.shape) - 1) if self.granularity == "sample" else ()
+        keep = ops.floor(keras.random.uniform(shape, seed=self.seed_generator) + keep_prob)
         return x * ops.cast(keep / keep_prob, x.dtype)
 
     def compute_output_shape(self, input_shape):

@@ -204,13 +204,19 @@ def cifar_resnet(depth=20, block=None, **kwargs):
     `block=None` picks basic for 6n+2 depths and bottleneck otherwise (164, 1001).
     """
     depth = int(check_range("depth", depth, low=8, integer=True))
+    fits = {"basic": (depth - 2) % 6 == 0, "bottleneck": (depth - 2) % 9 == 0}
     if block is None:
-        block = "basic" if (depth - 2) % 6 == 0 and depth < 164 else "bottleneck"
+        if not any(fits.values()):
+            raise ValueError(
+                f"Received depth={depth}; a CIFAR ResNet needs depth = 6n + 2 (basic units: 20, 32, "
+                "44, 56, 110, ...) or 9n + 2 (bottleneck units: 29, 164, 1001, ...)."
+            )
+        block = "basic" if fits["basic"] and depth < 164 else "bottleneck"
     check_choice("block", block, BLOCKS)
     per_unit = 2 if block == "basic" else 3
-    if (depth - 2) % (3 * per_unit):
+    if not fits[block]:
         raise ValueError(
-            f"Received depth={depth} with block={block!r}; a CIFAR ResNet needs depth = "
+            f"Received depth={depth} with block={block!r}; a CIFAR ResNet of {block} units needs depth = "
             f"{3 * per_unit}n + 2 ({'20, 32, 44, 56, 110' if block == 'basic' else '29, 164, 1001'}, ...)."
         )
     n = (depth - 2) // (3 * per_unit)

@@ -1,0 +1,165 @@
+"""SPEC section 5: the DropPathFreeze step, exact on every backend."""
+
+import keras
+import numpy as np
+import pytest
+from conftest import tiny_resnet, to_numpy
+
+from zoo.training import DropPathFreeze
+
+LOSS = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+
+
+def batch(seed=0, n=16):
+    rng = np.random.default_rng(seed)
+    return rng.standard_normal((n, 8, 8, 3)).astype("float32"), rng.integers(0, 3, n).astype("int32")
+
+
+def make(optimizer, rate=0.5, run_eagerly=True, **kwargs):
+    """A trainer on a 4-unit ResNet. Eager unless a test is about the compiled step: for a
+    model this small the compile costs more than the steps."""
+    keras.utils.set_random_seed(0)
+    model = tiny_resnet(stage_depths=(2, 2), drop_path_rate=rate)
+    trainer = DropPathFreeze(model, seed=kwargs.pop("seed", 3), **kwargs)
+    trainer.compile(optimizer=optimizer, loss=LOSS, run_eagerly=run_eagerly)
+    return model, trainer
+
+
+def snapshot(trainer):
+    """Every guarded variable (model variables and optimizer slots) with its owning unit."""
+    return [(v.path, owner, to_numpy(v).copy()) for v, owner in trainer.guarded_variables()]
+
+
+def changed_owners(before, trainer):
+    after = snapshot(trainer)
+    return {owner for (_, owner, a), (_, _, b) in zip(before, after) if not np.array_equal(a, b)}
+
+
+OPTIMIZERS = {
+    "sgd_momentum_wd": lambda: keras.optimizers.SGD(0.05, momentum=0.9, weight_decay=1e-2),
+    "adamw": lambda: keras.optimizers.AdamW(1e-2, weight_decay=0.1),
+}
+
+
+@pytest.mark.parametrize("opt", OPTIMIZERS, ids=list(OPTIMIZERS))
+def test_freeze_is_exact_for_a_and_b_steps(opt):
+    model, trainer = make(OPTIMIZERS[opt](), run_eagerly=False)
+    num_units = len(model.residual_units)
+    outside = num_units
+    x, y = batch()
+    trainer.train_on_batch(x, y)  # builds the optimizer slots; from here on every value is checked
+    seen_kinds = set()
+    for step in range(1, 10):
+        before = snapshot(trainer)
+        trainer.train_on_batch(*batch(step))
+        kind = int(to_numpy(trainer.last_kind))
+        kept = to_numpy(trainer.last_mask)  # after B: the A mask it reused
+        changed = changed_owners(before, trainer)
+        dropped = {i for i in range(num_units) if kept[i] == 0}
+        if kind == 0:  # A: dropped units untouched; everything else trains
+            assert not (changed & dropped), (step, changed, dropped)
+            assert outside in changed
+        else:  # B: only the units dropped in the preceding A change
+            assert dropped and changed <= dropped and outside not in changed, (step, changed, dropped)
+            assert changed, "a B step must train the dropped units"
+        seen_kinds.add(kind)
+        if dropped:
+            seen_kinds.add(("dropped", kind))
+    assert {0, 1} <= seen_kinds and ("dropped", 0) in seen_kinds
+
+
+def test_b_step_reuses_the_mask_of_its_a_step():
+    model, trainer = make(keras.optimizers.SGD(0.05))
+    masks = []
+    for step in range(8):
+        trainer.train_on_batch(*batch(step))
+        masks.append((int(to_numpy(trainer.last_kind)), to_numpy(trainer.last_mask).copy()))
+    for (kind_a, mask_a), (kind_b, mask_b) in zip(masks, masks[1:]):
+        if kind_b == 1:
+            assert kind_a == 0
+            np.testing.assert_array_equal(mask_a, mask_b)
+
+
+def a_masks(seed, steps=8):
+    _, trainer = make(keras.optimizers.SGD(0.01), seed=seed, freeze_every=0)
+    out = []
+    for step in range(steps):
+        trainer.train_on_batch(*batch(step))
+        out.append(to_numpy(trainer.last_mask).copy())
+    return np.stack(out)
+
+
+def test_masks_change_across_steps_and_repeat_with_the_seed():
+    first, again, other = a_masks(5), a_masks(5), a_masks(6)
+    np.testing.assert_array_equal(first, again)
+    assert len({m.tobytes() for m in first}) > 3
+    assert not np.array_equal(first, other)
+    # The first unit has rate 0 in the linear schedule: never dropped.
+    assert np.all(first[:, 0] == 1)
+
+
+def test_freeze_every_k_runs_b_after_every_kth_a():
+    _, trainer = make(keras.optimizers.SGD(0.01), rate=0.9, freeze_every=2)
+    kinds = []
+    for step in range(9):
+        trainer.train_on_batch(*batch(step))
+        kinds.append(int(to_numpy(trainer.last_kind)))
+    # Schedule A A B A A B ...; a B whose A dropped nothing runs as an A (rate 0.9: rare).
+    assert [k for i, k in enumerate(kinds) if i % 3 != 2] == [0] * 6
+    assert sum(kinds) >= 2
+
+
+@pytest.mark.skipif(keras.backend.backend() == "torch", reason="torch runs the step eagerly: nothing is traced")
+def test_the_step_compiles_once_over_20_steps():
+    _, trainer = make(keras.optimizers.SGD(0.05, momentum=0.9), run_eagerly=False)
+    x = np.concatenate([batch(i)[0] for i in range(20)])
+    y = np.concatenate([batch(i)[1] for i in range(20)])
+    trainer.fit(x[:32], y[:32], batch_size=16, epochs=1, verbose=0, shuffle=False)
+    traces_after_warmup = trainer.trace_count
+    trainer.fit(x, y, batch_size=16, epochs=1, verbose=0, shuffle=False)  # 20 more steps, A and B
+    assert trainer.trace_count == traces_after_warmup
+    # TensorFlow traces a step twice on its first call when the optimizer creates variables.
+    assert traces_after_warmup <= 2
+
+
+def test_rate_zero_matches_the_plain_keras_step():
+    x = np.concatenate([batch(i)[0] for i in range(4)])
+    y = np.concatenate([batch(i)[1] for i in range(4)])
+    keras.utils.set_random_seed(0)
+    plain = tiny_resnet(stage_depths=(2, 2))
+    plain.compile(optimizer=keras.optimizers.SGD(0.05, momentum=0.9, weight_decay=1e-3), loss=LOSS)
+    plain.fit(x, y, batch_size=16, epochs=1, verbose=0, shuffle=False)
+    model, trainer = make(keras.optimizers.SGD(0.05, momentum=0.9, weight_decay=1e-3), rate=0.0)
+    trainer.fit(x, y, batch_size=16, epochs=1, verbose=0, shuffle=False)
+    for a, b in zip(plain.weights, model.weights):
+        np.testing.assert_allclose(to_numpy(b), to_numpy(a), atol=1e-6, err_msg=a.path)
+
+
+def test_sample_granularity_trains_dropped_units_on_their_samples():
+    model, trainer = make(keras.optimizers.SGD(0.05, momentum=0.9, weight_decay=1e-2), granularity="sample")
+    trainer.train_on_batch(*batch(0))
+    losses = []
+    for step in range(1, 6):
+        before = snapshot(trainer)
+        losses.append(float(trainer.train_on_batch(*batch(step % 2))))
+        changed = changed_owners(before, trainer)
+        if int(to_numpy(trainer.last_kind)) == 1:
+            assert len(model.residual_units) not in changed  # stem and head frozen in B
+            assert 0 not in changed  # the first unit (rate 0) is never dropped
+    assert np.all(np.isfinite(losses))
+
+
+def test_bad_arguments_are_refused():
+    model = tiny_resnet(drop_path_rate=0.1)
+    with pytest.raises(ValueError, match=r"granularity='unit'"):
+        DropPathFreeze(model, granularity="unit")
+    with pytest.raises(ValueError, match=r"freeze_every=-1"):
+        DropPathFreeze(model, freeze_every=-1)
+    with pytest.raises(ValueError, match="residual_units"):
+        DropPathFreeze(keras.Sequential([keras.layers.Dense(2)]))
+
+
+def test_inference_is_the_wrapped_model():
+    model, trainer = make(keras.optimizers.SGD(0.01))
+    x, _ = batch()
+    np.testing.assert_array_equal(to_numpy(trainer(x)), to_numpy(model(x)))

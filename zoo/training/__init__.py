@@ -1,0 +1,3 @@
+"""Training steps that the zoo adds to Keras' own (one model API on every backend)."""
+
+from zoo.training.drop_path_freeze import DropPathFreeze

@@ -1,0 +1,231 @@
+"""The DropPathFreeze training step (Park 2024, "ResidualDroppath", arXiv 2411.09475).
+
+Two kinds of iteration over the residual units of a model (SPEC section 5):
+
+    A (droppath): draw a keep/drop mask per unit; dropped branches output 0; update every
+                  variable except those of dropped units.
+    B (freeze):   reuse the mask of the preceding A step; run the full model; update only the
+                  variables of the units dropped in A.
+
+A B step follows every `freeze_every`-th A step (1: A, B, A, B, ...; 0: never). A B step
+whose A step dropped nothing runs as an ordinary step, so rate 0 is ordinary training.
+
+How it stays exact and compiled once:
+- The mask is drawn inside `call` from this model's seeded SeedGenerator; a B step replays
+  the generator state of its A step, so it sees the same mask (same shape: the same mask
+  bit for bit) without storing it. Masks are tensors: nothing retraces from step to step.
+- `call` writes which units may change this step into non-trainable flag variables. The
+  backend's ordinary train step then runs, and afterwards every variable of the model and
+  its optimizer slot is set to `where(flag, new, old)`: frozen units stay bit-identical,
+  optimizer moments, weight decay and BatchNorm statistics included (masking gradients alone
+  would not stop weight decay, momentum or the statistics).
+- Per backend: JAX selects between the stateless old and new state; TensorFlow and PyTorch
+  copy the guarded values before their stateful step and restore them after. One model API:
+  `DropPathFreeze(model).fit(...)`.
+"""
+
+import keras
+from keras import ops
+
+from zoo.errors import check_choice, check_range
+from zoo.layers.drop_path import GRANULARITIES
+
+BACKEND = keras.backend.backend()
+
+
+def _read(variable):
+    """The variable's value now (TensorFlow would otherwise read it after later assigns)."""
+    return ops.copy(variable.value)
+
+
+class _DropPathFreezeBase(keras.Model):
+    """Wraps a zoo model (anything with `residual_units` whose units own a `drop_path`).
+
+    Args:
+        model: the model to train; its units' DropPath rates give the per-unit schedule
+            (`drop_path_rate` with the linear schedule of the zoo's factories).
+        granularity: "batch" (one decision per unit per step, the paper's) or "sample"
+            (timm-style per-sample masks; in B each unit learns from the samples it was
+            dropped on in A, and the rest of the model is frozen).
+        freeze_every: run a B step after every k-th A step; 0 disables B steps.
+        seed: seed of the mask generator.
+
+    The wrapper's call is the model's call; save `wrapper.model`, not the wrapper.
+    """
+
+    def __init__(self, model, granularity="batch", freeze_every=1, seed=0, **kwargs):
+        super().__init__(**kwargs)
+        self.granularity = check_choice("granularity", granularity, GRANULARITIES)
+        self.freeze_every = int(check_range("freeze_every", freeze_every, low=0, integer=True))
+        self.seed = int(check_range("seed", seed, low=0, integer=True))
+        units = getattr(model, "residual_units", None)
+        if not units or not all(hasattr(u, "drop_path") for u in units):
+            raise ValueError(
+                f"DropPathFreeze needs a model exposing `residual_units` whose units own a "
+                f"`drop_path` layer (every zoo model does); received {type(model).__name__}."
+            )
+        self.model = model
+        self.unit_names = [u.name for u in units]
+        self.keep_probs = [1.0 - float(u.drop_path.rate) for u in units]
+        self.mask_seed = keras.random.SeedGenerator(seed, name="mask_seed")
+        num_units = len(units)
+        self.step_count = self.add_weight(name="step_count", shape=(), dtype="int32", initializer="zeros", trainable=False)
+        self.replay_state = self.add_weight(
+            name="replay_state", shape=self.mask_seed.state.shape, dtype=self.mask_seed.state.dtype,
+            initializer="zeros", trainable=False,
+        )
+        self.unit_update = self.add_weight(name="unit_update", shape=(num_units,), initializer="ones", trainable=False)
+        self.outside_update = self.add_weight(name="outside_update", shape=(), initializer="ones", trainable=False)
+        self.last_mask = self.add_weight(name="last_mask", shape=(num_units,), initializer="ones", trainable=False)
+        self.last_kind = self.add_weight(name="last_kind", shape=(), dtype="int32", initializer="zeros", trainable=False)
+        object.__setattr__(self, "_guard_cache", None)
+        self.trace_count = 0  # Python-side: grows once per trace of the train step
+
+    @property
+    def residual_units(self):
+        return self.model.residual_units
+
+    # === Masks and flags (inside the compiled step) ===
+    def plan_step(self, batch_size):
+        """Draw or replay this step's mask; set the DropPaths and the update flags."""
+        num_units = len(self.unit_names)
+        keep_probs = ops.convert_to_tensor(self.keep_probs, dtype="float32")
+        count = _read(self.step_count)
+        period = self.freeze_every + 1
+        scheduled_b = (
+            ops.equal(ops.mod(count, period), self.freeze_every) if self.freeze_every > 0 else ops.convert_to_tensor(False)
+        )
+        start = _read(self.mask_seed.state)
+        replay = _read(self.replay_state)
+        self.mask_seed.state.assign(ops.where(scheduled_b, replay, start))
+        shape = (num_units,) if self.granularity == "batch" else (num_units, batch_size)
+        u = keras.random.uniform(shape, seed=self.mask_seed)
+        probs = keep_probs if self.granularity == "batch" else keep_probs[:, None]
+        keep = ops.cast(u < probs, "float32")  # 1 = keep
+        dropped = 1.0 - keep
+        is_b = ops.logical_and(scheduled_b, ops.sum(dropped) > 0)
+        # An A step advances the generator; a B step leaves it where its A step left it.
+        after_draw = _read(self.mask_seed.state)
+        self.mask_seed.state.assign(ops.where(scheduled_b, start, after_draw))
+        self.replay_state.assign(ops.where(scheduled_b, replay, start))
+        self.step_count.assign(count + 1)
+
+        b = ops.cast(is_b, "float32")
+        if self.granularity == "batch":
+            unit_dropped = dropped
+            multiplier = (1.0 - b) * keep / keep_probs + b  # A: mask / keep_prob; B: 1
+            unit_update = (1.0 - b) * keep + b * dropped
+        else:
+            unit_dropped = ops.cast(ops.sum(dropped, axis=1) > 0, "float32")
+            multiplier = (1.0 - b) * keep / probs + b
+            unit_update = (1.0 - b) * ops.ones((num_units,)) + b * unit_dropped
+        self.unit_update.assign(unit_update)
+        self.outside_update.assign(1.0 - b)
+        self.last_mask.assign(1.0 - unit_dropped)
+        self.last_kind.assign(ops.cast(is_b, "int32"))
+        for i, unit in enumerate(self.model.residual_units):
+            grad_gate = None
+            if self.granularity == "sample":
+                grad_gate = (1.0 - b) + b * dropped[i]
+            unit.drop_path.force(multiplier[i], grad_gate)
+
+    def release(self):
+        for unit in self.model.residual_units:
+            unit.drop_path.force(None)
+
+    def call(self, x, training=False):
+        if not training:
+            return self.model(x, training=False)
+        batch_size = ops.shape(keras.tree.flatten(x)[0])[0]
+        self.plan_step(batch_size)
+        try:
+            return self.model(x, training=True)
+        finally:
+            self.release()
+
+    # === Which variables a step may change ===
+    def guarded_variables(self):
+        """[(variable, flag index)]: model variables and optimizer slots with the unit that owns
+        them (index = unit position) or len(units) for the rest of the model."""
+        if self._guard_cache is not None:
+            return self._guard_cache
+        num_units = len(self.unit_names)
+        owner = {}
+        for i, unit in enumerate(self.model.residual_units):
+            for v in unit.variables:
+                owner[id(v)] = i
+        # The wrapper's own variables (mask generator, flags, counter) are not the model's.
+        guarded = [(v, owner.get(id(v), num_units)) for v in self.model.variables]
+        # Optimizer slots are named "<variable path with / as _>_<slot>": map them back.
+        by_prefix = sorted(
+            ((v.path.replace("/", "_") + "_", owner.get(id(v), num_units)) for v in self.trainable_variables),
+            key=lambda item: -len(item[0]),
+        )
+        for slot in getattr(self.optimizer, "variables", []):
+            name = slot.name
+            for prefix, index in by_prefix:
+                if name.startswith(prefix):
+                    guarded.append((slot, index))
+                    break
+        object.__setattr__(self, "_guard_cache", guarded)  # a cache, not state to track
+        return guarded
+
+    def _flags(self, unit_update, outside_update):
+        return ops.concatenate([ops.convert_to_tensor(unit_update), ops.reshape(outside_update, (1,))])
+
+
+if BACKEND == "jax":
+
+    class DropPathFreeze(_DropPathFreezeBase):
+        __doc__ = _DropPathFreezeBase.__doc__
+
+        def train_step(self, state, data):
+            self.trace_count += 1
+            old_trainable, old_non_trainable, old_optimizer, _ = state
+            logs, new_state = super().train_step(state, data)
+            trainable, non_trainable, optimizer_vars, metrics_vars = new_state
+            index = {id(v): i for i, v in enumerate(self.non_trainable_variables)}
+            flags = self._flags(
+                non_trainable[index[id(self.unit_update)]], non_trainable[index[id(self.outside_update)]]
+            )
+            owner = {id(v): i for v, i in self.guarded_variables()}
+
+            def select(variables, new, old):
+                out = []
+                for v, n, o in zip(variables, new, old):
+                    if id(v) in owner:
+                        n = ops.where(flags[owner[id(v)]] > 0, n, o)
+                    out.append(n)
+                return out
+
+            trainable = select(self.trainable_variables, trainable, old_trainable)
+            non_trainable = select(self.non_trainable_variables, non_trainable, old_non_trainable)
+            optimizer_vars = select(self.optimizer.variables, optimizer_vars, old_optimizer)
+            return logs, (trainable, non_trainable, optimizer_vars, metrics_vars)
+
+else:
+
+    class DropPathFreeze(_DropPathFreezeBase):
+        __doc__ = _DropPathFreezeBase.__doc__
+
+        def train_step(self, data):
+            self.trace_count += 1
+            if not self.optimizer.built:
+                self.optimizer.build(self.trainable_variables)
+            guarded = self.guarded_variables()
+            old = [ops.copy(v.value) for v, _ in guarded]
+            logs = super().train_step(data)
+            flags = self._flags(self.unit_update.value, self.outside_update.value)
+            self._restore(guarded, old, flags)
+            return logs
+
+        def _restore(self, guarded, old, flags):
+            if BACKEND == "torch":
+                import torch
+
+                with torch.no_grad():
+                    for (v, i), o in zip(guarded, old):
+                        v.assign(torch.where(flags[i] > 0, v.value, o))
+            else:
+                for (v, i), o in zip(guarded, old):
+                    v.assign(ops.where(flags[i] > 0, v.value, o))
