@@ -59,7 +59,7 @@ def test_model_contract_and_presets():
     assert features.shape == (2, 16)
     np.testing.assert_allclose(to_numpy(model.forward_head(features)), to_numpy(model(x)), atol=1e-6)
     assert {"resmlp_fmnist_d4", "resmlp_fmnist_d8", "resmlp_fmnist_d16"} <= set(zoo.list_models(family="mlp"))
-    assert len(zoo.get_model("resmlp_fmnist_d16", width=4).residual_units) == 16
+    assert zoo.registry.get_model_entry("resmlp_fmnist_d16").defaults["depth"] == 16
 
 
 def test_invalid_arguments_raise_value_errors():

@@ -53,34 +53,44 @@ def grad(fn, x):
 
 
 # === JAX ===
-# Compiled once per (fn, shapes): eager JAX would compile every primitive for every new shape.
+# Large products are compiled once per (fn, shapes): eager JAX compiles every primitive for
+# every new shape. Small ones run eagerly, where primitives compiled for one unit serve the
+# next unit of the same shapes and a whole-function compile would cost more than it saves.
 # Keras variables read inside the trace become constants of the compiled product.
+JAX_JIT_MIN_ELEMENTS = 1 << 16
+
+
 @functools.lru_cache(maxsize=16)
 def _jax_compiled(fn):
     import jax
+
+    return jax.jit(functools.partial(_jax_forward, fn)), jax.jit(functools.partial(_jax_reverse, fn))
+
+
+def _jax_forward(fn, x, v):
+    import jax
+
+    return jax.jvp(fn, (x,), (v,))
+
+
+def _jax_reverse(fn, x, u):
+    import jax
     import jax.numpy as jnp
 
-    def forward(x, v):
-        return jax.jvp(fn, (x,), (v,))
-
-    def reverse(x, u):
-        y, pullback = jax.vjp(fn, x)
-        return y, pullback(u)[0]
-
-    def reverse_ones(x):
-        y, pullback = jax.vjp(fn, x)
-        return y, pullback(jnp.ones_like(y))[0]
-
-    return jax.jit(forward), jax.jit(reverse), jax.jit(reverse_ones)
+    y, pullback = jax.vjp(fn, x)
+    return y, pullback(jnp.ones_like(y) if u is None else u)[0]
 
 
 def _jax_jvp(fn, x, v):
+    if x.size < JAX_JIT_MIN_ELEMENTS:
+        return _jax_forward(fn, x, v)
     return _jax_compiled(fn)[0](x, v)
 
 
 def _jax_vjp(fn, x, u):
-    compiled = _jax_compiled(fn)
-    return compiled[2](x) if u is None else compiled[1](x, u)
+    if x.size < JAX_JIT_MIN_ELEMENTS:
+        return _jax_reverse(fn, x, u)
+    return _jax_compiled(fn)[1](x, u)
 
 
 # === TensorFlow ===
