@@ -29,11 +29,21 @@ def _to_numpy(t):
     return np.asarray(keras.ops.convert_to_numpy(t))
 
 
+def _products():
+    backend = keras.backend.backend()
+    if backend not in _BACKENDS:
+        raise ValueError(
+            f"Residual Jacobians need automatic differentiation; the {backend!r} backend has none "
+            f"here. Use one of {sorted(_BACKENDS)} (KERAS_BACKEND)."
+        )
+    return _BACKENDS[backend]
+
+
 def jvp(fn, x, v):
     """(fn(x), J v) as numpy arrays; `v` has the shape of `x`."""
     x = _to_tensor(x)
     v = _to_tensor(v, like=x)
-    y, jv = _BACKENDS[keras.backend.backend()][0](fn, x, v)
+    y, jv = _products()[0](fn, x, v)
     return _to_numpy(y), _to_numpy(jv)
 
 
@@ -41,14 +51,14 @@ def vjp(fn, x, u):
     """(fn(x), J^T u) as numpy arrays; `u` has the shape of fn(x)."""
     x = _to_tensor(x)
     u = _to_tensor(u, like=x)
-    y, ju = _BACKENDS[keras.backend.backend()][1](fn, x, u)
+    y, ju = _products()[1](fn, x, u)
     return _to_numpy(y), _to_numpy(ju)
 
 
 def grad(fn, x):
     """(fn(x), the gradient of sum(fn(x)) with respect to x) as numpy arrays."""
     x = _to_tensor(x)
-    y, g = _BACKENDS[keras.backend.backend()][1](fn, x, None)
+    y, g = _products()[1](fn, x, None)
     return _to_numpy(y), _to_numpy(g)
 
 
