@@ -3,7 +3,7 @@ PYTHON ?= python3
 BACKENDS ?= jax tensorflow torch
 PYTEST_ARGS ?=
 
-.PHONY: install data test train summary
+.PHONY: install test train summary
 
 # torch first, pinned to the CPU build, so the project's torch>=... range is already satisfied
 # (an unpinned torch pulls a several-GB CUDA build). A machine that has a torch keeps it.
@@ -16,6 +16,10 @@ test: install
 	  echo "=== tests on KERAS_BACKEND=$$b"; \
 	  KERAS_BACKEND=$$b $(PYTHON) -m pytest -q -p no:cacheprovider tests $(PYTEST_ARGS); \
 	done
+
+# The main job: ResNet-20 with a sparse skip, DropPathFreeze, on the embedded 8x8 digits.
+train: install
+	KERAS_BACKEND=$${KERAS_BACKEND:-jax} $(PYTHON) -m recipes.train train --config recipes/configs/default.json --out runs/default
 
 summary: install
 	@set -e; for b in $(BACKENDS); do KERAS_BACKEND=$$b $(PYTHON) -m recipes.summary resnet56_cifar; done

@@ -1,0 +1,380 @@
+"""Train, evaluate or fine-tune a zoo model from a JSON config.
+
+    python -m recipes.train train    --config recipes/configs/default.json [--set epochs=5] [--out runs/x]
+    python -m recipes.train train    --config ... --out runs/x --resume     # continue a killed run
+    python -m recipes.train evaluate --config ... --weights runs/x/model.weights.h5
+    python -m recipes.train finetune --config ... --weights SOURCE [--freeze-trunk]
+
+A run folder holds: config.json (the resolved config), log.csv, tensorboard/, checkpoints/
+(one per epoch, written atomically, with a sha256 in latest.json), model.weights.h5 and
+metrics.json (final test accuracy and loss). Keras progress bars show the work.
+
+Determinism: batches and augmentation come from (seed, epoch); the checkpoint holds every
+variable of the model, of the DropPathFreeze trainer (its mask generator and step counter)
+and of the optimizer, so a run killed at any point and resumed with --resume ends with the
+same weights as an uninterrupted run (on the same backend and machine; op determinism is
+switched on for TensorFlow and PyTorch).
+"""
+
+import argparse
+import copy
+import hashlib
+import json
+import math
+import os
+import sys
+import time
+from pathlib import Path
+
+import keras
+import numpy as np
+
+import zoo
+from zoo.data import ArrayBatches, EpochSetter, load_dataset
+from zoo.training import DropPathFreeze
+
+DEFAULTS = {
+    "model": "resnet20_cifar",
+    "model_args": {},
+    "dataset": "digits",
+    "dataset_args": {},
+    "train_subset": None,
+    "test_subset": None,
+    "trainer": {"kind": "drop_path_freeze", "granularity": "batch", "freeze_every": 1, "seed": 0},
+    "optimizer": {"name": "sgd", "learning_rate": 0.1, "momentum": 0.9, "weight_decay": 5e-4,
+                  "schedule": "cosine", "warmup_epochs": 0},
+    "epochs": 10,
+    "batch_size": 128,
+    "augment": None,
+    "pad": 4,
+    "seed": 0,
+    "keep_checkpoints": 2,
+}
+
+
+class RunStopped(RuntimeError):
+    """Training stopped early; the last good checkpoint is kept."""
+
+
+# === Config ===
+def deep_update(base, extra):
+    out = copy.deepcopy(base)
+    for key, value in extra.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = deep_update(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def parse_set(items):
+    """--set a.b=JSON pairs -> nested dict (a bare word that is not JSON is a string)."""
+    out = {}
+    for item in items or []:
+        if "=" not in item:
+            raise ValueError(f"Received --set {item!r}; expected KEY=VALUE, e.g. epochs=5 or model_args.skip=\"sparse\".")
+        key, raw = item.split("=", 1)
+        try:
+            value = json.loads(raw)
+        except json.JSONDecodeError:
+            value = raw
+        node = out
+        parts = key.split(".")
+        for p in parts[:-1]:
+            node = node.setdefault(p, {})
+        node[parts[-1]] = value
+    return out
+
+
+def load_config(path=None, overrides=()):
+    config = copy.deepcopy(DEFAULTS)
+    if path:
+        user = json.loads(Path(path).read_text())
+        unknown = set(user) - set(DEFAULTS) - {"name", "description"}
+        if unknown:
+            raise ValueError(f"Unknown config keys {sorted(unknown)} in {path}; allowed: {sorted(DEFAULTS)}.")
+        config = deep_update(config, user)
+    return deep_update(config, parse_set(overrides))
+
+
+# === Building blocks ===
+def make_data(config):
+    data = load_dataset(config["dataset"], **config["dataset_args"])
+    if config["train_subset"] or config["test_subset"]:
+        data = data.subset(config["train_subset"], config["test_subset"], seed=config["seed"])
+    return data
+
+
+def make_model(config, data, num_classes=None):
+    args = dict(config["model_args"])
+    args.setdefault("input_shape", data.input_shape)
+    args.setdefault("num_classes", num_classes or data.num_classes)
+    return zoo.get_model(config["model"], **args)
+
+
+def make_optimizer(config, steps_per_epoch):
+    opt = dict(config["optimizer"])
+    name = opt.pop("name")
+    lr = opt.pop("learning_rate")
+    schedule = opt.pop("schedule", None)
+    warmup = int(opt.pop("warmup_epochs", 0)) * steps_per_epoch
+    total = config["epochs"] * steps_per_epoch
+    if schedule == "cosine":
+        lr = keras.optimizers.schedules.CosineDecay(
+            0.0 if warmup else lr, decay_steps=max(1, total - warmup),
+            warmup_target=lr if warmup else None, warmup_steps=warmup,
+        )
+    elif schedule == "step":  # He et al.: /10 at 50% and 75% of training
+        bounds = [int(total * 0.5), int(total * 0.75)]
+        lr = keras.optimizers.schedules.PiecewiseConstantDecay(bounds, [lr, lr / 10, lr / 100])
+    elif schedule not in (None, "constant"):
+        raise ValueError(f"Received schedule={schedule!r}; allowed: 'cosine', 'step', 'constant'.")
+    optimizers = {"sgd": keras.optimizers.SGD, "adamw": keras.optimizers.AdamW, "adam": keras.optimizers.Adam}
+    if name not in optimizers:
+        raise zoo.UnknownNameError("optimizer", name, optimizers)
+    return optimizers[name](learning_rate=lr, **opt)
+
+
+def make_trainer(config, model):
+    spec = dict(config["trainer"])
+    kind = spec.pop("kind")
+    if kind == "drop_path_freeze":
+        return DropPathFreeze(model, **spec)
+    if kind == "plain":
+        return model
+    raise ValueError(f"Received trainer.kind={kind!r}; allowed: 'drop_path_freeze', 'plain'.")
+
+
+def set_determinism(seed):
+    keras.utils.set_random_seed(seed)
+    backend = keras.backend.backend()
+    if backend == "tensorflow":
+        import tensorflow as tf
+
+        tf.config.experimental.enable_op_determinism()
+    elif backend == "torch":
+        import torch
+
+        torch.use_deterministic_algorithms(True, warn_only=True)
+
+
+# === Checkpoints: atomic, checksummed, resumable ===
+def _sha256(path):
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _atomic_write_bytes(path, write):
+    tmp = Path(str(path) + ".tmp")
+    with open(tmp, "wb") as f:
+        write(f)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def state_variables(trainer):
+    return list(trainer.variables) + list(trainer.optimizer.variables)
+
+
+def save_checkpoint(folder, trainer, epoch, keep=2):
+    """checkpoints/epoch-N.npz then latest.json pointing at it, each replaced atomically:
+    a crash while writing leaves the previous checkpoint and pointer intact."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    arrays = {f"v{i}": keras.ops.convert_to_numpy(v) for i, v in enumerate(state_variables(trainer))}
+    path = folder / f"epoch-{epoch:04d}.npz"
+    _atomic_write_bytes(path, lambda f: np.savez(f, **arrays))
+    pointer = {"epoch": epoch, "file": path.name, "sha256": _sha256(path), "num_variables": len(arrays),
+               "paths": [v.path for v in state_variables(trainer)]}
+    _atomic_write_bytes(folder / "latest.json", lambda f: f.write(json.dumps(pointer, indent=1).encode()))
+    for old in sorted(folder.glob("epoch-*.npz"))[:-keep]:
+        old.unlink()
+    return path
+
+
+def load_checkpoint(folder, trainer):
+    """Restore every variable; refuse a checkpoint whose checksum or layout does not match."""
+    folder = Path(folder)
+    pointer_path = folder / "latest.json"
+    if not pointer_path.is_file():
+        raise FileNotFoundError(f"No checkpoint to resume from: {pointer_path} does not exist.")
+    pointer = json.loads(pointer_path.read_text())
+    path = folder / pointer["file"]
+    if not path.is_file() or _sha256(path) != pointer["sha256"]:
+        raise ValueError(f"Checkpoint {path} is missing or corrupted (sha256 differs from latest.json); refusing to load it.")
+    variables = state_variables(trainer)
+    if pointer["num_variables"] != len(variables):
+        raise ValueError(
+            f"Checkpoint {path} holds {pointer['num_variables']} variables, this model and optimizer have "
+            f"{len(variables)}: it was written by a different configuration; refusing to load it."
+        )
+    with np.load(path) as data:
+        values = [data[f"v{i}"] for i in range(len(variables))]
+    for v, value in zip(variables, values):
+        if tuple(v.shape) != value.shape:
+            raise ValueError(f"Checkpoint {path}: {v.path} has shape {value.shape}, the model expects {tuple(v.shape)}.")
+    for v, value in zip(variables, values):
+        v.assign(value)
+    return pointer["epoch"]
+
+
+class EpochCheckpoint(keras.callbacks.Callback):
+    def __init__(self, folder, keep, guard):
+        super().__init__()
+        self.folder, self.keep, self.guard = folder, keep, guard
+
+    def on_epoch_end(self, epoch, logs=None):
+        if not self.guard.failed:
+            save_checkpoint(self.folder, self.model, epoch + 1, keep=self.keep)
+
+
+class StopOnNaN(keras.callbacks.Callback):
+    """Stop at the first non-finite loss; the epoch's checkpoint is then not written."""
+
+    def __init__(self):
+        super().__init__()
+        self.failed = None
+
+    def on_train_batch_end(self, batch, logs=None):
+        loss = (logs or {}).get("loss")
+        if loss is not None and not math.isfinite(float(loss)):
+            self.failed = f"non-finite loss {loss} at batch {batch}"
+            self.model.stop_training = True
+
+
+# === Commands ===
+def prepare(config, out):
+    set_determinism(config["seed"])
+    data = make_data(config)
+    model = make_model(config, data)
+    return data, model
+
+
+def compile_trainer(config, trainer, steps_per_epoch):
+    trainer.compile(
+        optimizer=make_optimizer(config, steps_per_epoch),
+        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+        metrics=["accuracy"],
+    )
+    return trainer
+
+
+def evaluate(model, data, batch_size):
+    model.compile(loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True), metrics=["accuracy"])
+    test = ArrayBatches(data.x_test, data.y_test, batch_size, normalize=data.normalize)
+    loss, acc = model.evaluate(test, verbose=0)
+    return {"test_loss": float(loss), "test_accuracy": float(acc), "test_samples": int(len(data.x_test))}
+
+
+def fit(config, out, data, model, resume=False):
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "config.json").write_text(json.dumps(config, indent=2))
+    train = ArrayBatches(
+        data.x_train, data.y_train, config["batch_size"], normalize=data.normalize, shuffle=True,
+        seed=config["seed"], augment=config["augment"], pad=config["pad"],
+    )
+    test = ArrayBatches(data.x_test, data.y_test, config["batch_size"], normalize=data.normalize)
+    trainer = compile_trainer(config, make_trainer(config, model), len(train))
+    trainer.optimizer.build(trainer.trainable_variables)
+    initial_epoch = 0
+    if resume and (out / "checkpoints" / "latest.json").is_file():
+        initial_epoch = load_checkpoint(out / "checkpoints", trainer)
+        print(f"Resuming {out} from the end of epoch {initial_epoch}.", flush=True)
+    elif resume:
+        print(f"No checkpoint in {out / 'checkpoints'} yet: starting from the beginning.", flush=True)
+    guard = StopOnNaN()
+    callbacks = [
+        EpochSetter(train),
+        guard,
+        EpochCheckpoint(out / "checkpoints", config["keep_checkpoints"], guard),
+        keras.callbacks.CSVLogger(str(out / "log.csv"), append=resume),
+    ]
+    try:
+        callbacks.append(keras.callbacks.TensorBoard(str(out / "tensorboard"), write_graph=False, profile_batch=0))
+    except Exception as err:  # TensorBoard needs tensorflow; everything else works without it
+        print(f"TensorBoard logging off: {err}", file=sys.stderr)
+    start = time.time()
+    if initial_epoch < config["epochs"]:
+        # shuffle=False: the batches shuffle themselves from (seed, epoch); fit's own shuffle
+        # would reorder them from the global RNG, and a resumed run would diverge.
+        trainer.fit(train, validation_data=test, epochs=config["epochs"], initial_epoch=initial_epoch,
+                    callbacks=callbacks, shuffle=False, verbose=2 if os.environ.get("CI") else 1)
+    if guard.failed:
+        raise RunStopped(
+            f"Training stopped: {guard.failed}. The last good checkpoint is kept in {out / 'checkpoints'} "
+            "(resume with --resume after lowering the learning rate, e.g. --set optimizer.learning_rate=0.01)."
+        )
+    metrics = evaluate(model, data, config["batch_size"])
+    metrics.update({
+        "model": config["model"], "dataset": data.name, "epochs": config["epochs"], "seconds": round(time.time() - start, 1),
+        "backend": keras.backend.backend(), "keras": keras.__version__, "trainable_params": int(sum(np.prod(w.shape) for w in model.trainable_weights)),
+    })
+    model.save_weights(out / "model.weights.h5")
+    (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    return metrics
+
+
+def copy_backbone(source, target):
+    """Copy every weight of `source` into `target` by path except the classifier head."""
+    src = {w.path: w for w in source.weights}
+    copied = 0
+    for w in target.weights:
+        if w.path.startswith("head/"):
+            continue
+        if w.path not in src or tuple(src[w.path].shape) != tuple(w.shape):
+            raise ValueError(f"Cannot fine-tune: weight {w.path} has no match of shape {tuple(w.shape)} in the source model.")
+        w.assign(src[w.path])
+        copied += 1
+    return copied
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("command", choices=["train", "evaluate", "finetune"])
+    parser.add_argument("--config", help="JSON config (see recipes/configs/)")
+    parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="override config entries")
+    parser.add_argument("--out", default=None, help="run folder (default runs/<config name>)")
+    parser.add_argument("--resume", action="store_true", help="continue from the run folder's last checkpoint")
+    parser.add_argument("--weights", help="evaluate/finetune: a .weights.h5 of the model (finetune: its source)")
+    parser.add_argument("--source-classes", type=int, default=None, help="finetune: classes of the source weights")
+    parser.add_argument("--freeze-trunk", action="store_true", help="finetune: train the head only")
+    args = parser.parse_args(argv)
+    config = load_config(args.config, args.set)
+    name = config.get("name") or (Path(args.config).stem if args.config else "default")
+    out = Path(args.out or Path("runs") / name)
+    data, model = prepare(config, out)
+    print(f"[{keras.backend.backend()}] {config['model']} on {data.name} ({len(data.x_train)} train / {len(data.x_test)} test), "
+          f"skip={getattr(model, 'skip', '?')}, trainer={config['trainer']['kind']}", flush=True)
+    try:
+        if args.command == "evaluate":
+            if not args.weights:
+                parser.error("evaluate needs --weights")
+            model.load_weights(args.weights)
+            metrics = evaluate(model, data, config["batch_size"])
+        elif args.command == "finetune":
+            if not args.weights:
+                parser.error("finetune needs --weights")
+            source = make_model(config, data, num_classes=args.source_classes)
+            source.load_weights(args.weights)
+            copy_backbone(source, model)
+            if args.freeze_trunk:
+                for layer in model.layers:
+                    layer.trainable = layer.name == "head"
+            metrics = fit(config, out, data, model, resume=args.resume)
+        else:
+            metrics = fit(config, out, data, model, resume=args.resume)
+    except RunStopped as err:
+        print(f"ERROR: {err}", file=sys.stderr, flush=True)
+        return 3
+    print(json.dumps(metrics, indent=2))
+    print(f"test accuracy: {metrics['test_accuracy']:.4f}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,131 @@
+"""The training recipe: runs end to end, resumes a killed run exactly, writes atomically,
+and stops on NaN keeping the last good checkpoint."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import keras
+import numpy as np
+import pytest
+from conftest import to_numpy
+
+from recipes import train as recipe
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = [
+    "model_args={\"depth\": 8, \"skip\": \"orthogonal\", \"drop_path_rate\": 0.3}",
+    "train_subset=192", "test_subset=64", "batch_size=32", "augment=\"crop\"", "pad=1",
+]
+
+
+def tiny_config(**extra):
+    config = recipe.load_config(None, TINY)
+    return recipe.deep_update(config, extra)
+
+
+def run_cli(out, *args, epochs=3):
+    cmd = [sys.executable, "-m", "recipes.train", "train", "--out", str(out), "--set", *TINY, f"epochs={epochs}", *args]
+    env = {**os.environ, "CI": "1"}
+    return subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def test_train_writes_logs_checkpoints_and_metrics(tmp_path):
+    config = tiny_config(epochs=2)
+    data, model = recipe.prepare(config, tmp_path)
+    metrics = recipe.fit(config, tmp_path, data, model)
+    assert 0.0 <= metrics["test_accuracy"] <= 1.0 and metrics["test_samples"] == 64
+    assert json.loads((tmp_path / "metrics.json").read_text())["test_accuracy"] == metrics["test_accuracy"]
+    assert len((tmp_path / "log.csv").read_text().strip().splitlines()) == 3  # header + 2 epochs
+    assert json.loads((tmp_path / "checkpoints" / "latest.json").read_text())["epoch"] == 2
+    assert (tmp_path / "model.weights.h5").is_file() and (tmp_path / "tensorboard").is_dir()
+
+
+def test_killed_run_resumes_to_the_same_final_weights(tmp_path):
+    config = tiny_config(epochs=3)
+    data, model = recipe.prepare(config, tmp_path / "whole")
+    recipe.fit(config, tmp_path / "whole", data, model)
+    whole = [to_numpy(w) for w in model.weights]
+
+    run = run_cli(tmp_path / "killed")
+    marker = tmp_path / "killed" / "checkpoints" / "latest.json"
+    deadline = time.time() + 300
+    while not marker.exists() and run.poll() is None and time.time() < deadline:
+        time.sleep(0.02)
+    assert run.poll() is None, "the run ended before it could be killed:\n" + run.stdout.read()
+    os.kill(run.pid, signal.SIGKILL)  # mid-epoch 2
+    run.wait()
+    resumed = run_cli(tmp_path / "killed", "--resume")
+    output = resumed.communicate(timeout=600)[0]
+    assert resumed.returncode == 0, output[-3000:]
+    assert "Resuming" in output
+
+    again = recipe.make_model(config, data)
+    again.load_weights(tmp_path / "killed" / "model.weights.h5")
+    for a, b in zip(whole, again.weights):
+        np.testing.assert_array_equal(to_numpy(b), a, err_msg=b.path)
+
+
+def test_checkpoint_interrupted_while_written_leaves_the_previous_one(tmp_path, monkeypatch):
+    config = tiny_config(epochs=1)
+    data, model = recipe.prepare(config, tmp_path)
+    recipe.fit(config, tmp_path, data, model)
+    folder = tmp_path / "checkpoints"
+    trainer = recipe.compile_trainer(config, recipe.make_trainer(config, model), 6)
+    trainer.optimizer.build(trainer.trainable_variables)
+
+    def dies_half_way(f, **arrays):
+        f.write(b"PK\x03\x04 half a zip")
+        raise KeyboardInterrupt("killed while writing")
+
+    monkeypatch.setattr(recipe.np, "savez", dies_half_way)
+    with pytest.raises(KeyboardInterrupt):
+        recipe.save_checkpoint(folder, trainer, 2)
+    monkeypatch.undo()
+    assert json.loads((folder / "latest.json").read_text())["epoch"] == 1
+    assert recipe.load_checkpoint(folder, trainer) == 1
+
+
+def test_corrupted_checkpoint_is_refused(tmp_path):
+    config = tiny_config(epochs=1)
+    data, model = recipe.prepare(config, tmp_path)
+    recipe.fit(config, tmp_path, data, model)
+    path = tmp_path / "checkpoints" / "epoch-0001.npz"
+    raw = bytearray(path.read_bytes())
+    raw[len(raw) // 2] ^= 0xFF
+    path.write_bytes(bytes(raw))
+    trainer = recipe.compile_trainer(config, recipe.make_trainer(config, model), 6)
+    trainer.optimizer.build(trainer.trainable_variables)
+    before = [to_numpy(v).copy() for v in model.weights]
+    with pytest.raises(ValueError, match="corrupted"):
+        recipe.load_checkpoint(tmp_path / "checkpoints", trainer)
+    for v, b in zip(model.weights, before):
+        np.testing.assert_array_equal(to_numpy(v), b)
+
+
+def test_nan_loss_stops_with_a_message_and_keeps_the_last_good_checkpoint(tmp_path):
+    config = tiny_config(epochs=1)
+    data, model = recipe.prepare(config, tmp_path)
+    recipe.fit(config, tmp_path, data, model)
+    pointer = (tmp_path / "checkpoints" / "latest.json").read_text()
+    # A NaN logit makes the loss NaN on every backend (XLA's CPU max drops NaN inputs to a
+    # ReLU, so poisoned images would not reach the loss on jax).
+    bias = model.get_layer("head").bias
+    bias.assign(np.full(bias.shape, np.nan, "float32"))
+    with pytest.raises(recipe.RunStopped, match=r"non-finite loss.*last good checkpoint"):
+        recipe.fit(recipe.deep_update(config, {"epochs": 2}), tmp_path, data, model)
+    assert (tmp_path / "checkpoints" / "latest.json").read_text() == pointer
+    assert json.loads(pointer)["epoch"] == 1
+
+
+def test_bad_config_is_refused():
+    with pytest.raises(ValueError, match="KEY=VALUE"):
+        recipe.parse_set(["epochs"])
+    with pytest.raises(ValueError, match="schedule='linear'"):
+        recipe.make_optimizer(tiny_config(optimizer={"schedule": "linear"}), 10)
+    with pytest.raises(ValueError, match="trainer.kind='fancy'"):
+        recipe.make_trainer(tiny_config(trainer={"kind": "fancy"}), None)

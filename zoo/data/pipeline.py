@@ -1,0 +1,105 @@
+"""Batches for `model.fit`: shuffled and augmented from (seed, epoch) alone, so a run resumed
+after a crash sees exactly the batches the uninterrupted run saw.
+
+Augmentation: random crop with zero padding and horizontal flips (He et al.'s CIFAR recipe),
+done in numpy per batch from a generator seeded by (seed, epoch, batch); optionally
+RandAugment through keras-cv (imported only when asked for: the zoo core does not need it).
+"""
+
+import math
+
+import keras
+import numpy as np
+
+from zoo.errors import check_range
+
+
+def random_crop_flip(images, rng, pad=4, flip=True):
+    """Pad by `pad` pixels (zeros), crop back at a random offset, flip half of the images."""
+    n, h, w, _ = images.shape
+    if pad:
+        padded = np.pad(images, ((0, 0), (pad, pad), (pad, pad), (0, 0)))
+        dy = rng.integers(0, 2 * pad + 1, n)
+        dx = rng.integers(0, 2 * pad + 1, n)
+        images = np.stack([padded[i, dy[i]:dy[i] + h, dx[i]:dx[i] + w] for i in range(n)])
+    if flip:
+        flips = rng.random(n) < 0.5
+        images = np.where(flips[:, None, None, None], images[:, :, ::-1], images)
+    return images
+
+
+class ArrayBatches(keras.utils.PyDataset):
+    """(x, y) numpy arrays -> normalised float32 batches for fit/evaluate.
+
+    Args:
+        x, y: arrays (images uint8 NHWC or float sequences), integer labels.
+        batch_size: samples a batch; the last batch may be smaller unless `drop_last`.
+        normalize: function applied to each batch of x (e.g. `Dataset.normalize`).
+        shuffle, seed: a new permutation each epoch from (seed, epoch).
+        augment: None, "crop_flip", "crop" or "randaugment" (keras-cv, images only).
+        pad: crop padding in pixels.
+    """
+
+    def __init__(self, x, y, batch_size, normalize=None, shuffle=False, seed=0, augment=None, pad=4, drop_last=False, **kwargs):
+        super().__init__(**kwargs)
+        if len(x) != len(y):
+            raise ValueError(f"Received {len(x)} inputs and {len(y)} labels; they must match.")
+        self.x, self.y = x, y
+        self.batch_size = int(check_range("batch_size", batch_size, low=1, integer=True))
+        self.normalize = normalize
+        self.shuffle, self.seed, self.pad, self.drop_last = shuffle, int(seed), int(pad), drop_last
+        if augment not in (None, "crop_flip", "crop", "randaugment"):
+            raise ValueError(f"Received augment={augment!r}; allowed: None, 'crop_flip', 'crop', 'randaugment'.")
+        self.augment = augment
+        self._randaugment = None
+        self.epoch = 0
+        self._order = self._permutation(0)
+
+    def _permutation(self, epoch):
+        if not self.shuffle:
+            return np.arange(len(self.x))
+        return np.random.default_rng([self.seed, epoch]).permutation(len(self.x))
+
+    def set_epoch(self, epoch):
+        """Batches of epoch `epoch` (call it from `on_epoch_begin`: see `EpochSetter`)."""
+        self.epoch = int(epoch)
+        self._order = self._permutation(self.epoch)
+
+
+    def __len__(self):
+        n = len(self.x) / self.batch_size
+        return math.floor(n) if self.drop_last else math.ceil(n)
+
+    def __getitem__(self, index):
+        idx = self._order[index * self.batch_size:(index + 1) * self.batch_size]
+        x, y = self.x[idx], self.y[idx]
+        if self.augment:
+            rng = np.random.default_rng([self.seed, self.epoch, index, 1])
+            if self.augment in ("crop_flip", "crop"):
+                x = random_crop_flip(x, rng, pad=self.pad, flip=self.augment == "crop_flip")
+            else:
+                x = self._rand_augment(x, rng)
+        if self.normalize is not None:
+            x = self.normalize(x)
+        return x, y
+
+    def _rand_augment(self, x, rng):
+        if self._randaugment is None:
+            import keras_cv  # optional dependency, only for this augmentation
+
+            self._randaugment = keras_cv.layers.RandAugment(value_range=(0, 255), seed=self.seed)
+        x = random_crop_flip(x, rng, pad=self.pad)
+        out = self._randaugment(x.astype("float32"), training=True)
+        return np.clip(np.round(keras.ops.convert_to_numpy(out)), 0, 255).astype("uint8")
+
+
+class EpochSetter(keras.callbacks.Callback):
+    """Tells an `ArrayBatches` which epoch `fit` is in, so batches depend on the epoch
+    number alone (and a resumed fit with `initial_epoch` sees the uninterrupted run's)."""
+
+    def __init__(self, batches):
+        super().__init__()
+        self.batches = batches
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.batches.set_epoch(epoch)
