@@ -19,6 +19,7 @@ switched on for TensorFlow and PyTorch).
 import argparse
 import copy
 import hashlib
+import importlib.util
 import json
 import math
 import os
@@ -107,7 +108,11 @@ def make_data(config):
 
 def make_model(config, data, num_classes=None):
     args = dict(config["model_args"])
-    args.setdefault("input_shape", data.input_shape)
+    allowed = zoo.registry.get_model_entry(config["model"]).allowed_arguments()
+    # The data decide the input: ResNets call it input_shape, ViTs image_size.
+    shape_arg = next((a for a in ("input_shape", "image_size") if a in allowed), None)
+    if shape_arg:
+        args.setdefault(shape_arg, data.input_shape)
     args.setdefault("num_classes", num_classes or data.num_classes)
     return zoo.get_model(config["model"], **args)
 
@@ -294,10 +299,10 @@ def fit(config, out, data, model, resume=False):
         EpochCheckpoint(out / "checkpoints", config["keep_checkpoints"], guard),
         keras.callbacks.CSVLogger(str(out / "log.csv"), append=resume),
     ]
-    try:
+    if importlib.util.find_spec("tensorflow") and importlib.util.find_spec("tensorboard"):
         callbacks.append(keras.callbacks.TensorBoard(str(out / "tensorboard"), write_graph=False, profile_batch=0))
-    except Exception as err:  # TensorBoard needs tensorflow; everything else works without it
-        print(f"TensorBoard logging off: {err}", file=sys.stderr)
+    else:  # TensorBoard writes through tensorflow; everything else works without it
+        print("TensorBoard logging off: tensorflow and tensorboard are not both installed.", file=sys.stderr)
     start = time.time()
     if initial_epoch < config["epochs"]:
         # shuffle=False: the batches shuffle themselves from (seed, epoch); fit's own shuffle

@@ -1,0 +1,170 @@
+"""Run an experiment: every variant of a config over several seeds, then one results table.
+
+    python -m recipes.experiment recipes/experiments/residual_droppath.json --jobs 4
+    python -m recipes.experiment recipes/experiments/he_table1_shortcuts.json --set epochs=3 train_subset=5000
+
+An experiment file holds a base config (as recipes/configs/*.json), `variants` (label ->
+config overrides) and `seeds`. Each (variant, seed) trains in its own process
+(`python -m recipes.train train`), `--jobs` at a time, into runs/<experiment>/<variant>/seed<k>;
+a run that already has metrics.json is not run again, and a killed one resumes from its
+checkpoint. The table (test accuracy mean and standard deviation over seeds, with the
+schedule and device it was measured on) is written as results.md, results.json and
+results.png beside the runs.
+"""
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from recipes.train import deep_update, parse_set
+
+
+def device_name():
+    backend = os.environ.get("KERAS_BACKEND", "tensorflow")
+    try:
+        if backend == "jax":
+            import jax
+
+            return str(jax.devices()[0].device_kind)
+        if backend == "torch":
+            import torch
+
+            return torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu"
+    except Exception:  # reporting only
+        pass
+    return f"cpu ({platform.processor() or platform.machine()})"
+
+
+def plan(experiment, overrides):
+    runs = []
+    for label, variant in experiment["variants"].items():
+        for seed in experiment.get("seeds", [0]):
+            config = deep_update(deep_update(experiment["base"], variant), {"seed": seed, "trainer": {"seed": seed}})
+            runs.append((label, seed, deep_update(config, overrides)))
+    return runs
+
+
+def run_all(runs, root, jobs, env):
+    pending = [r for r in runs if not (root / r[0] / f"seed{r[1]}" / "metrics.json").is_file()]
+    active = []
+    print(f"{len(runs)} runs, {len(runs) - len(pending)} already done, {jobs} at a time", flush=True)
+    while pending or active:
+        while pending and len(active) < jobs:
+            label, seed, config = pending.pop(0)
+            out = root / label / f"seed{seed}"
+            out.mkdir(parents=True, exist_ok=True)
+            (out / "run_config.json").write_text(json.dumps(config, indent=2))
+            cmd = [sys.executable, "-m", "recipes.train", "train", "--config", str(out / "run_config.json"), "--out", str(out), "--resume"]
+            log = open(out / "stdout.log", "a")
+            active.append((label, seed, subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env), log, time.time()))
+            print(f"  started {label} seed {seed}", flush=True)
+        time.sleep(1)
+        for item in list(active):
+            label, seed, proc, log, start = item
+            if proc.poll() is not None:
+                log.close()
+                active.remove(item)
+                status = "ok" if proc.returncode == 0 else f"FAILED (exit {proc.returncode}, see {root / label / f'seed{seed}' / 'stdout.log'})"
+                print(f"  finished {label} seed {seed} in {time.time() - start:.0f}s: {status}", flush=True)
+
+
+def summarize(experiment, runs, root, device):
+    rows = []
+    for label in experiment["variants"]:
+        accs = []
+        for run_label, seed, _ in runs:
+            f = root / run_label / f"seed{seed}" / "metrics.json"
+            if run_label == label and f.is_file():
+                accs.append(json.loads(f.read_text())["test_accuracy"])
+        rows.append({
+            "variant": label,
+            "runs": len(accs),
+            "test_accuracy_mean": float(np.mean(accs)) if accs else None,
+            "test_accuracy_std": float(np.std(accs)) if len(accs) > 1 else 0.0,
+            "test_error_pct_mean": float(100 * (1 - np.mean(accs))) if accs else None,
+            "accuracies": accs,
+        })
+    base = runs[0][2] if runs else {}
+    meta = {
+        "experiment": experiment.get("name"), "description": experiment.get("description", ""),
+        "model": base.get("model"), "dataset": base.get("dataset"), "epochs": base.get("epochs"),
+        "train_subset": base.get("train_subset"), "batch_size": base.get("batch_size"),
+        "optimizer": base.get("optimizer"), "seeds": experiment.get("seeds", [0]),
+        "backend": os.environ.get("KERAS_BACKEND"), "device": device, "date": time.strftime("%Y-%m-%d"),
+    }
+    lines = [
+        f"### {experiment.get('title', experiment.get('name'))}",
+        "",
+        f"{meta['model']} on {meta['dataset']}"
+        + (f" ({meta['train_subset']} training images)" if meta["train_subset"] else "")
+        + f", {meta['epochs']} epochs, batch {meta['batch_size']}, seeds {meta['seeds']}, "
+        f"{meta['backend']} backend on {device}, {meta['date']}.",
+        "",
+        "| variant | test accuracy (mean ± std) | test error % | runs |",
+        "|---|---|---|---|",
+    ]
+    for r in rows:
+        if r["runs"]:
+            lines.append(f"| {r['variant']} | {r['test_accuracy_mean']:.4f} ± {r['test_accuracy_std']:.4f} | {r['test_error_pct_mean']:.2f} | {r['runs']} |")
+        else:
+            lines.append(f"| {r['variant']} | not run | | 0 |")
+    (root / "results.md").write_text("\n".join(lines) + "\n")
+    (root / "results.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=2))
+    plot(rows, root / "results.png", meta)
+    return "\n".join(lines)
+
+
+def plot(rows, path, meta):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    done = [r for r in rows if r["runs"]]
+    if not done:
+        return
+    fig, ax = plt.subplots(figsize=(max(4, 0.9 * len(done) + 2), 3.2))
+    ax.bar(range(len(done)), [r["test_accuracy_mean"] for r in done], yerr=[r["test_accuracy_std"] for r in done], capsize=3)
+    ax.set_xticks(range(len(done)), [r["variant"] for r in done], rotation=30, ha="right", fontsize=8)
+    lo = min(r["test_accuracy_mean"] for r in done)
+    ax.set_ylim(max(0.0, lo - 0.05), 1.0)
+    ax.set_ylabel("test accuracy")
+    ax.set_title(f"{meta['experiment']}: {meta['model']} on {meta['dataset']}", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("experiment", help="experiment JSON (recipes/experiments/)")
+    parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="overrides for every run (e.g. epochs=3)")
+    parser.add_argument("--jobs", type=int, default=1, help="runs at a time (a GPU is mostly idle with one small run)")
+    parser.add_argument("--out", default=None, help="default runs/<experiment name>")
+    parser.add_argument("--seeds", default=None, help="comma-separated seeds, overriding the file's")
+    parser.add_argument("--no-run", action="store_true", help="only tabulate the runs that finished")
+    args = parser.parse_args(argv)
+    experiment = json.loads(Path(args.experiment).read_text())
+    if args.seeds:
+        experiment["seeds"] = [int(s) for s in args.seeds.split(",")]
+    name = experiment.get("name") or Path(args.experiment).stem
+    root = Path(args.out or Path("runs") / name)
+    root.mkdir(parents=True, exist_ok=True)
+    runs = plan(experiment, parse_set(args.set))
+    env = {**os.environ, "CI": "1"}  # one log line an epoch in the run logs
+    if env.get("KERAS_BACKEND") == "jax":  # several processes share one GPU
+        env.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
+    if not args.no_run:
+        run_all(runs, root, args.jobs, env)
+    print(summarize(experiment, runs, root, device_name()))
+
+
+if __name__ == "__main__":
+    main()
