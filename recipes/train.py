@@ -59,9 +59,15 @@ class RunStopped(RuntimeError):
 
 # === Config ===
 def deep_update(base, extra):
+    """Merge nested dicts; an optimizer or trainer of another name/kind replaces the old one
+    (an AdamW spec must not inherit SGD's momentum)."""
     out = copy.deepcopy(base)
     for key, value in extra.items():
-        if isinstance(value, dict) and isinstance(out.get(key), dict):
+        old = out.get(key)
+        switched = isinstance(value, dict) and isinstance(old, dict) and any(
+            k in value and value[k] != old.get(k) for k in ("name", "kind")
+        )
+        if isinstance(value, dict) and isinstance(old, dict) and not switched:
             out[key] = deep_update(out[key], value)
         else:
             out[key] = value
