@@ -12,7 +12,6 @@ of /usr/share/datasets/fashion-mnist, or --data-dir), `digits` (scikit-learn's 8
 """
 
 import argparse
-import gzip
 import json
 import sys
 import time
@@ -20,19 +19,9 @@ from pathlib import Path
 
 import numpy as np
 
+from zoo.data import read_idx  # the one IDX reader (also used by zoo.data.load_fashion_mnist)
+
 FMNIST_DIR = "/usr/share/datasets/fashion-mnist"
-
-
-def read_idx(path):
-    """A (gzipped) IDX file as a numpy array (the MNIST / Fashion-MNIST format)."""
-    opener = gzip.open if str(path).endswith(".gz") else open
-    with opener(path, "rb") as f:
-        data = f.read()
-    if data[0] != 0 or data[1] != 0 or data[2] != 0x08:
-        raise ValueError(f"{path} is not an unsigned-byte IDX file (magic {data[:4].hex()}).")
-    ndim = data[3]
-    shape = tuple(int.from_bytes(data[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim))
-    return np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * ndim).reshape(shape)
 
 
 def load_fashion_mnist(split="train", data_dir=FMNIST_DIR):

@@ -7,6 +7,7 @@ checks every new value first and assigns only when all of them fit, so a failed 
 the model's weights untouched.
 """
 
+import abc
 import dataclasses
 import re
 
@@ -67,36 +68,41 @@ def layer_norm_entries(zoo_layer, source_module):
 
 
 # === Layouts ===
-class Layout:
+class Layout(abc.ABC):
     """One source's naming. Subclasses fill the methods below; `name` keys the registry."""
 
     name = ""
     description = ""
     ignored_suffixes = (".num_batches_tracked",)  # buffers with no counterpart in Keras
 
+    @abc.abstractmethod
     def detect(self, keys):
         """True when `keys` (a set of checkpoint names) look like this layout."""
-        raise NotImplementedError
+        ...
 
+    @abc.abstractmethod
     def checkpoint_architecture(self, state):
         """A dict describing the architecture the checkpoint holds (compared with the model's)."""
-        raise NotImplementedError
+        ...
 
+    @abc.abstractmethod
     def model_architecture(self, model):
         """The same dict for `model`, plus a list of reasons the model cannot take this layout."""
-        raise NotImplementedError
+        ...
 
     def describe(self, architecture):
         """Words for an architecture dict, e.g. 'timm resnet50 (bottleneck units, ...)'."""
         return ", ".join(f"{k}={v}" for k, v in architecture.items())
 
+    @abc.abstractmethod
     def key_map(self, model):
         """{zoo weight path: (source key, Transform)} for every weight the checkpoint fills."""
-        raise NotImplementedError
+        ...
 
+    @abc.abstractmethod
     def build_model(self, architecture, **kwargs):
         """A zoo model of `architecture` (from `checkpoint_architecture`), for import_* helpers."""
-        raise NotImplementedError
+        ...
 
     def is_ignored(self, key):
         return key.endswith(self.ignored_suffixes)
