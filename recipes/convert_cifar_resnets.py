@@ -6,14 +6,12 @@ For each of ResNet-20/32/44/56: import `resnetN.th` (torch.load(weights_only=Tru
 logits of the reference images against `reference_logits.npz` (max abs <= 1e-4, or stop), and
 write `weights/resnetN_cifar.cifar10/` in the keras-hub preset layout: `config.json`,
 `model.weights.h5`, `metadata.json` (reported accuracy, preprocessing, source, licence,
-versions, checksums, this command) and `LICENSE` (the source's BSD-2 notice).
+versions, checksums, this command) and `LICENSE` (the source's BSD-2 notice), with
+`zoo.save_preset`; then refresh `weights/index.json`.
 """
 
 import argparse
-import hashlib
-import json
 import shlex
-import shutil
 import sys
 from pathlib import Path
 
@@ -28,24 +26,8 @@ SOURCE = "github.com/akamaster/pytorch_resnet_cifar10 (Yerlan Idelbayev), BSD-2-
 TOLERANCE = 1e-4
 
 
-def sha256(path):
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
-
-
 def normalise(images_uint8, mean, std):
     return ((images_uint8.astype("float32") / 255.0 - np.asarray(mean, "float32")) / np.asarray(std, "float32")).astype("float32")
-
-
-def write_preset(model, folder, metadata, license_file):
-    """config.json + model.weights.h5 + LICENSE + metadata.json (with their sha256)."""
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    (folder / "config.json").write_text(json.dumps(keras.saving.serialize_keras_object(model), indent=1) + "\n")
-    model.save_weights(folder / "model.weights.h5")
-    shutil.copyfile(license_file, folder / "LICENSE")
-    metadata = {**metadata, "sha256": {f: sha256(folder / f) for f in ("model.weights.h5", "config.json")}}
-    (folder / "metadata.json").write_text(json.dumps(metadata, indent=1) + "\n")
-    return folder
 
 
 def main(argv=None):
@@ -71,12 +53,8 @@ def main(argv=None):
             sys.exit(f"resnet{depth}: logits differ from the reference by {diff:.3g} > {TOLERANCE}; not shipping.")
         name = f"resnet{depth}_cifar.cifar10"
         metadata = {
-            "name": name,
-            "arch": f"resnet{depth}_cifar",
             "arch_overrides": {"downsample": "pad", "placement": "original"},
             "dataset": "cifar10",
-            "num_classes": 10,
-            "input_shape": [32, 32, 3],
             "accuracy": {"cifar10_test": round(float(report.metadata["best_prec1"]) / 100, 4), "reported_by": "source (best_prec1)"},
             "preprocessing": {"rescale": 1 / 255, "mean": mean, "std": std},
             "source": SOURCE,
@@ -85,12 +63,13 @@ def main(argv=None):
             "license_file": "LICENSE",
             "conversion_check": {"reference_logits_max_abs_diff": diff, "images": int(x.shape[0])},
             "command": command,
-            "versions": {"keras": keras.__version__, "backend": keras.backend.backend(), "numpy": np.__version__, "zoo": zoo.__version__},
         }
-        folder = write_preset(model, Path(args.out) / name, metadata, source / "LICENSE")
+        folder = zoo.save_preset(model, Path(args.out) / name, metadata, overwrite=True, extra_files={"LICENSE": source / "LICENSE"})
         size = sum(f.stat().st_size for f in folder.iterdir())
         print(f"{name}: {len(report.loaded)} weights, logits max abs diff {diff:.2e}, accuracy "
               f"{metadata['accuracy']['cifar10_test']}, {size / 1e6:.2f} MB -> {folder}")
+    if Path(args.out).resolve() == zoo.presets.REPO_WEIGHTS:
+        zoo.presets.write_index(args.out)
 
 
 if __name__ == "__main__":

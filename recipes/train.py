@@ -3,11 +3,19 @@
     python -m recipes.train train    --config recipes/configs/default.json [--set epochs=5] [--out runs/x]
     python -m recipes.train train    --config ... --out runs/x --resume     # continue a killed run
     python -m recipes.train evaluate --config ... --weights runs/x/model.weights.h5
-    python -m recipes.train finetune --config ... --weights SOURCE [--freeze-trunk]
+    python -m recipes.train finetune --config ... --weights resnet56_cifar.cifar10 [--freeze-trunk]
+
+`finetune` starts from weights (a shipped `arch.tag`, a tag, a preset folder such as another
+run's `preset/`, or a .weights.h5 of the same architecture): the head is replaced when the
+number of classes differs, the first conv adapted when the input channels differ, and the
+skip swapped when `model_args.skip` differs from the weights' (zoo.get_model(weights=...)).
+The config keys `weights` and `freeze_trunk` do the same from a config file.
 
 A run folder holds: config.json (the resolved config), log.csv, tensorboard/, checkpoints/
-(one per epoch, written atomically, with a sha256 in latest.json), model.weights.h5 and
-metrics.json (final test accuracy and loss). Keras progress bars show the work.
+(one per epoch, written atomically, with a sha256 in latest.json), model.weights.h5,
+metrics.json (final test accuracy and loss) and preset/ (the trained model as a checksummed
+preset folder, loadable with zoo.get_model(arch, weights="runs/x/preset")). Keras progress
+bars show the work.
 
 Determinism: batches and augmentation come from (seed, epoch); the checkpoint holds every
 variable of the model, of the DropPathFreeze trainer (its mask generator and step counter)
@@ -23,6 +31,7 @@ import importlib.util
 import json
 import math
 import os
+import shlex
 import sys
 import time
 from pathlib import Path
@@ -39,6 +48,7 @@ DEFAULTS = {
     "model_args": {},
     "dataset": "digits",
     "dataset_args": {},
+    "classes": None,  # only these labels, relabelled 0..n-1 (e.g. a 5-class fine-tuning task)
     "train_subset": None,
     "test_subset": None,
     "trainer": {"kind": "drop_path_freeze", "granularity": "batch", "freeze_every": 1, "seed": 0},
@@ -50,6 +60,8 @@ DEFAULTS = {
     "pad": 4,
     "seed": 0,
     "keep_checkpoints": 2,
+    "weights": None,  # start from these weights (fine-tuning): arch.tag, tag, preset folder or file
+    "freeze_trunk": False,  # with weights: train the head only
 }
 
 
@@ -97,7 +109,7 @@ def load_config(path=None, overrides=()):
     config = copy.deepcopy(DEFAULTS)
     if path:
         user = json.loads(Path(path).read_text())
-        unknown = set(user) - set(DEFAULTS) - {"name", "description"}
+        unknown = set(user) - set(DEFAULTS) - {"name", "description", "command"}
         if unknown:
             raise ValueError(f"Unknown config keys {sorted(unknown)} in {path}; allowed: {sorted(DEFAULTS)}.")
         config = deep_update(config, user)
@@ -107,6 +119,8 @@ def load_config(path=None, overrides=()):
 # === Building blocks ===
 def make_data(config):
     data = load_dataset(config["dataset"], **config["dataset_args"])
+    if config["classes"] is not None:
+        data = data.select_classes(config["classes"])
     if config["train_subset"] or config["test_subset"]:
         data = data.subset(config["train_subset"], config["test_subset"], seed=config["seed"])
     return data
@@ -120,7 +134,9 @@ def make_model(config, data, num_classes=None):
     if shape_arg:
         args.setdefault(shape_arg, data.input_shape)
     args.setdefault("num_classes", num_classes or data.num_classes)
-    return zoo.get_model(config["model"], **args)
+    if config.get("freeze_trunk") and not config.get("weights"):
+        raise ValueError("freeze_trunk=true needs weights to start from (config key `weights` or --weights).")
+    return zoo.get_model(config["model"], weights=config.get("weights"), freeze_trunk=bool(config.get("freeze_trunk")), **args)
 
 
 def make_optimizer(config, steps_per_epoch):
@@ -327,21 +343,14 @@ def fit(config, out, data, model, resume=False):
     })
     model.save_weights(out / "model.weights.h5")
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    zoo.save_preset(model, out / "preset", overwrite=True, metadata={
+        "arch": config["model"], "dataset": data.name, "accuracy": {f"{data.name}_test": round(metrics["test_accuracy"], 4),
+                                           "test_samples": metrics["test_samples"]},
+        "preprocessing": {"rescale": 1 / 255, "mean": list(data.mean), "std": list(data.std)},
+        "command": config.get("command") or "python -m recipes.train " + " ".join(sys.argv[1:]),
+        "recipe_config": config,
+    })
     return metrics
-
-
-def copy_backbone(source, target):
-    """Copy every weight of `source` into `target` by path except the classifier head."""
-    src = {w.path: w for w in source.weights}
-    copied = 0
-    for w in target.weights:
-        if w.path.startswith("head/"):
-            continue
-        if w.path not in src or tuple(src[w.path].shape) != tuple(w.shape):
-            raise ValueError(f"Cannot fine-tune: weight {w.path} has no match of shape {tuple(w.shape)} in the source model.")
-        w.assign(src[w.path])
-        copied += 1
-    return copied
 
 
 def main(argv=None):
@@ -351,13 +360,26 @@ def main(argv=None):
     parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="override config entries")
     parser.add_argument("--out", default=None, help="run folder (default runs/<config name>)")
     parser.add_argument("--resume", action="store_true", help="continue from the run folder's last checkpoint")
-    parser.add_argument("--weights", help="evaluate/finetune: a .weights.h5 of the model (finetune: its source)")
-    parser.add_argument("--source-classes", type=int, default=None, help="finetune: classes of the source weights")
+    parser.add_argument("--weights", help="evaluate: a .weights.h5 or preset of the model; finetune: the weights to "
+                        "start from (arch.tag, tag, preset folder or .weights.h5)")
     parser.add_argument("--freeze-trunk", action="store_true", help="finetune: train the head only")
+    parser.add_argument("--distribute", choices=list(zoo.training.DISTRIBUTE_MODES), default="none",
+                        help="data: DataParallel over every device through keras.distribution (jax backend only; "
+                        "batch_size a multiple of the device count)")
     args = parser.parse_args(argv)
     config = load_config(args.config, args.set)
+    if args.command == "finetune":
+        if not (args.weights or config["weights"]):
+            parser.error("finetune needs --weights (or the config key `weights`)")
+        config = deep_update(config, {"weights": args.weights or config["weights"],
+                                      "freeze_trunk": args.freeze_trunk or config["freeze_trunk"]})
+    elif args.freeze_trunk:
+        parser.error("--freeze-trunk belongs to finetune")
+    config["command"] = f"KERAS_BACKEND={keras.backend.backend()} python -m recipes.train " + " ".join(
+        shlex.quote(a) for a in (sys.argv[1:] if argv is None else argv))
     name = config.get("name") or (Path(args.config).stem if args.config else "default")
     out = Path(args.out or Path("runs") / name)
+    zoo.training.configure_distribution(args.distribute, batch_size=config["batch_size"])  # before any model exists
     data, model = prepare(config, out)
     print(f"[{keras.backend.backend()}] {config['model']} on {data.name} ({len(data.x_train)} train / {len(data.x_test)} test), "
           f"skip={getattr(model, 'skip', '?')}, trainer={config['trainer']['kind']}", flush=True)
@@ -365,18 +387,8 @@ def main(argv=None):
         if args.command == "evaluate":
             if not args.weights:
                 parser.error("evaluate needs --weights")
-            model.load_weights(args.weights)
+            zoo.load_weights(model, args.weights)
             metrics = evaluate(model, data, config["batch_size"])
-        elif args.command == "finetune":
-            if not args.weights:
-                parser.error("finetune needs --weights")
-            source = make_model(config, data, num_classes=args.source_classes)
-            source.load_weights(args.weights)
-            copy_backbone(source, model)
-            if args.freeze_trunk:
-                for layer in model.layers:
-                    layer.trainable = layer.name == "head"
-            metrics = fit(config, out, data, model, resume=args.resume)
         else:
             metrics = fit(config, out, data, model, resume=args.resume)
     except RunStopped as err:

@@ -14,6 +14,8 @@ import numpy as np
 import pytest
 from conftest import to_numpy
 
+import zoo
+
 from recipes import train as recipe
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -43,6 +45,18 @@ def test_train_writes_logs_checkpoints_and_metrics(tmp_path):
     assert len((tmp_path / "log.csv").read_text().strip().splitlines()) == 3  # header + 2 epochs
     assert json.loads((tmp_path / "checkpoints" / "latest.json").read_text())["epoch"] == 2
     assert (tmp_path / "model.weights.h5").is_file() and (tmp_path / "tensorboard").is_dir()
+    meta = zoo.presets.verify_preset(tmp_path / "preset")["metadata"]  # checksummed preset folder
+    assert meta["arch"] == "resnet20_cifar" and meta["accuracy"]["digits_test"] == round(metrics["test_accuracy"], 4)
+
+    # fine-tune the run's preset on a 5-class task, trunk frozen: a new head, the trunk as it was
+    assert recipe.main(["finetune", "--weights", str(tmp_path / "preset"), "--freeze-trunk", "--out",
+                        str(tmp_path / "ft"), "--set", *TINY[1:], "epochs=1", "classes=[0,1,2,3,4]"]) == 0
+    tuned = zoo.get_model("resnet20_cifar", weights=tmp_path / "ft" / "preset")
+    assert tuned.num_classes == 5 and json.loads((tmp_path / "ft" / "metrics.json").read_text())["test_samples"] > 0
+    trained = {w.path: to_numpy(w) for w in model.weights}
+    for w in tuned.weights:
+        if not w.path.startswith("head/"):
+            np.testing.assert_array_equal(to_numpy(w), trained[w.path], err_msg=w.path)
 
 
 def test_killed_run_resumes_to_the_same_final_weights(tmp_path):

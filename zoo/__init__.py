@@ -2,6 +2,7 @@
 
     import zoo
     model = zoo.get_model("resnet56_cifar", skip="sparse", skip_options={"k": 4, "seed": 0})
+    model = zoo.get_model("resnet56_cifar.cifar10")       # with shipped weights (zoo.presets)
 
 Runs unchanged on JAX, TensorFlow and PyTorch (set KERAS_BACKEND).
 """
@@ -16,6 +17,8 @@ from zoo.models import ResidualMLP, ResidualMLPUnit
 from zoo.registry import get_model, list_models, register_model
 from zoo import convert
 from zoo.convert.swap import swap_skip
+from zoo import presets
+from zoo.presets import freeze_trunk, get_preset_metadata, load_weights, save_preset
 
 __version__ = "0.1.0"
 
@@ -31,11 +34,15 @@ __all__ = [
     "SkipMapping",
     "UnknownNameError",
     "ViT",
+    "freeze_trunk",
     "get_model",
+    "get_preset_metadata",
     "list_models",
     "list_skips",
+    "load_weights",
     "make_skip",
     "register_model",
     "register_skip",
+    "save_preset",
     "swap_skip",
 ]

@@ -32,7 +32,6 @@ class ModelEntry:
 
 
 _MODELS = {}
-_WEIGHT_TAGS = {}  # arch -> {tag: loader}, filled by the weights index
 
 
 def register_model(name, builder, family, description="", **defaults):
@@ -43,8 +42,14 @@ def register_model(name, builder, family, description="", **defaults):
     return _MODELS[name]
 
 
-def list_models(pattern="*", family=None):
-    """Registered model names matching the shell-style `pattern` (as timm's list_models)."""
+def list_models(pattern="*", family=None, pretrained=False):
+    """Registered model names matching the shell-style `pattern` (as timm's list_models);
+    `pretrained=True` lists the `arch.tag` names that have shipped weights instead."""
+    if pretrained:
+        from zoo.presets import list_pretrained
+
+        names = list_pretrained(pattern)
+        return [n for n in names if family is None or getattr(_MODELS.get(n.split(".")[0]), "family", None) == family]
     return sorted(
         n for n, e in _MODELS.items() if fnmatch.fnmatch(n, pattern) and (family is None or e.family == family)
     )
@@ -57,22 +62,39 @@ def get_model_entry(name):
     return _MODELS[arch]
 
 
-def get_model(name, **overrides):
+def get_model(name, weights=None, freeze_trunk=False, **overrides):
     """Build a registered model; keyword arguments override the preset's defaults.
 
     >>> model = zoo.get_model("resnet56_cifar", skip="sparse", skip_options={"k": 4})
+    >>> model = zoo.get_model("resnet56_cifar.cifar10")                 # shipped weights
+    >>> model = zoo.get_model("resnet56_cifar", weights="path/to/preset_or.weights.h5")
+
+    With weights, the model is the one stored in the preset folder; `num_classes` (a new head),
+    the input channels (an adapted stem), `skip`/`skip_options` (swapped, branches kept) and
+    training-only arguments may still be overridden. `freeze_trunk=True` leaves only the head
+    trainable. See zoo.presets for the checks made before anything is loaded.
     """
+    from zoo import presets
+
     arch, _, tag = name.partition(".")
     entry = get_model_entry(arch)
     allowed = entry.allowed_arguments()
     for key in overrides:
         if key not in allowed:
             raise UnknownNameError(f"argument of model {arch!r}", key, allowed)
+    if tag and weights is not None:
+        raise ValueError(f"Received {name!r} and weights={weights!r}; give the weights either as the tag or as weights=.")
     if tag:
-        tags = _WEIGHT_TAGS.get(arch, {})
-        if tag not in tags:
-            if not tags:
-                raise UnknownNameError(f"weights tag of {arch!r} (it has none yet)", tag, [])
-            raise UnknownNameError(f"weights tag of {arch!r}", tag, tags)
-        return tags[tag](entry, overrides)
-    return entry.builder(**{**entry.defaults, **overrides})
+        weights = name
+    if weights is None:
+        model = entry.builder(**{**entry.defaults, **overrides})
+    else:
+        kind, path, meta_sha = presets.resolve_weights(arch, weights)
+        if kind == "preset":
+            model = presets.load_preset(arch, path, overrides, meta_sha)
+        else:
+            model = entry.builder(**{**entry.defaults, **overrides})
+            presets.load_weights(model, path)
+    if freeze_trunk:
+        presets.freeze_trunk(model)
+    return model

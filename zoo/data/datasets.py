@@ -54,6 +54,23 @@ class Dataset:
             return ((x.astype("float32") / 255.0 - np.float32(self.mean)) / np.float32(self.std)).astype("float32")
         return x.astype("float32")
 
+    def select_classes(self, classes):
+        """Only the examples of `classes` (label values), relabelled 0..len(classes)-1 in the
+        order given: e.g. a 5-class task to fine-tune a 10-class model on."""
+        classes = [int(c) for c in classes]
+        bad = [c for c in classes if not 0 <= c < self.num_classes]
+        if not classes or bad or len(set(classes)) != len(classes):
+            raise ValueError(
+                f"Received classes={classes}; expected distinct labels of {self.name} in [0, {self.num_classes - 1}]."
+            )
+        lookup = np.full(self.num_classes, -1, "int32")
+        lookup[classes] = np.arange(len(classes), dtype="int32")
+        keep_train, keep_test = lookup[self.y_train] >= 0, lookup[self.y_test] >= 0
+        return dataclasses.replace(
+            self, x_train=self.x_train[keep_train], y_train=lookup[self.y_train[keep_train]],
+            x_test=self.x_test[keep_test], y_test=lookup[self.y_test[keep_test]], num_classes=len(classes),
+        )
+
     def subset(self, train=None, test=None, seed=0):
         """A class-balanced-by-chance random subset (fixed by `seed`), for quick runs and tests."""
         rng = np.random.default_rng(seed)
