@@ -346,8 +346,10 @@ def fit(config, out, data, model, resume=False):
     zoo.save_preset(model, out / "preset", overwrite=True, metadata={
         "arch": config["model"], "dataset": data.name, "accuracy": {f"{data.name}_test": round(metrics["test_accuracy"], 4),
                                            "test_samples": metrics["test_samples"]},
-        "preprocessing": {"rescale": 1 / 255, "mean": list(data.mean), "std": list(data.std)},
-        "command": config.get("command") or "python -m recipes.train " + " ".join(sys.argv[1:]),
+        # what Dataset.normalize does: uint8 -> (x / 255 - mean) / std; float data as loaded
+        "preprocessing": {"rescale": 1 / 255, "mean": list(data.mean), "std": list(data.std)}
+        if data.x_train.dtype == np.uint8 else {"rescale": 1.0, "mean": [0.0], "std": [1.0]},
+        "command": config.get("command"),  # set by main() (or the wrapper that ran it)
         "recipe_config": config,
     })
     return metrics
@@ -375,7 +377,8 @@ def main(argv=None):
                                       "freeze_trunk": args.freeze_trunk or config["freeze_trunk"]})
     elif args.freeze_trunk:
         parser.error("--freeze-trunk belongs to finetune")
-    config["command"] = f"KERAS_BACKEND={keras.backend.backend()} python -m recipes.train " + " ".join(
+    # the command recorded with the weights: a wrapper (recipes.ship) puts its own in the config
+    config["command"] = config.get("command") or f"KERAS_BACKEND={keras.backend.backend()} python -m recipes.train " + " ".join(
         shlex.quote(a) for a in (sys.argv[1:] if argv is None else argv))
     name = config.get("name") or (Path(args.config).stem if args.config else "default")
     out = Path(args.out or Path("runs") / name)

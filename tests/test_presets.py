@@ -74,8 +74,8 @@ def test_list_models_pretrained():
 
 def evaluate_subset(model, record):
     data = zoo.data.load_dataset(record["dataset"]).subset(test=record["test_subset"], seed=record["seed"])
-    logits = np.concatenate([to_numpy(model(data.normalize(data.x_test[i:i + 250]), training=False))
-                             for i in range(0, len(data.x_test), 250)])
+    logits = np.concatenate([to_numpy(model(data.normalize(data.x_test[i:i + 1000]), training=False))
+                             for i in range(0, len(data.x_test), 1000)])
     return float(np.mean(logits.argmax(-1) == data.y_test))
 
 
@@ -280,3 +280,15 @@ def test_only_zoo_models_are_saved_as_presets(tmp_path):
     with pytest.raises(PresetConfigError, match="not a registered zoo model class"):
         zoo.save_preset(plain, tmp_path / "plain")
     assert issubclass(PresetConfigError, WeightsFileError)
+
+
+# === recipes.ship (packaging a run is tested in tests/test_recipes.py, after its training run) ===
+def test_catalogue_configs_are_valid_recipes():
+    from recipes import ship
+
+    cat = ship.catalogue()
+    for name in cat["weights"]:
+        config = ship.entry_config(cat, name)
+        entry = zoo.registry.get_model_entry(name.split(".")[0])
+        assert set(config["model_args"]) <= set(entry.allowed_arguments()), name
+        assert config["dataset"] in zoo.data.datasets.LOADERS

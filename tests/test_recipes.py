@@ -16,6 +16,7 @@ from conftest import to_numpy
 
 import zoo
 
+from recipes import ship
 from recipes import train as recipe
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -47,6 +48,21 @@ def test_train_writes_logs_checkpoints_and_metrics(tmp_path):
     assert (tmp_path / "model.weights.h5").is_file() and (tmp_path / "tensorboard").is_dir()
     meta = zoo.presets.verify_preset(tmp_path / "preset")["metadata"]  # checksummed preset folder
     assert meta["arch"] == "resnet20_cifar" and meta["accuracy"]["digits_test"] == round(metrics["test_accuracy"], 4)
+
+    # recipes.ship packages the run (records, index) and refuses a run below its bar
+    cat = {"weights": {"resnet20_cifar.digits_tiny": {"min_accuracy": 0.0}, "resnet20_cifar.digits_high": {"min_accuracy": 1.01}},
+           "evaluation": {"test_subset": 60, "seed": 0}}
+    folder = ship.package(cat, "resnet20_cifar.digits_tiny", tmp_path, out_dir=tmp_path / "weights")
+    shipped = zoo.presets.verify_preset(folder)["metadata"]
+    assert shipped["accuracy"]["digits_test"] == round(metrics["test_accuracy"], 4)
+    assert shipped["evaluation"]["test_subset"] == 60 and shipped["recipe_config"]["model_args"]["depth"] == 8
+    assert shipped["versions"]["keras"] == keras.__version__ and "command" in shipped
+    assert list(json.loads((tmp_path / "weights" / "index.json").read_text())["presets"]) == ["resnet20_cifar.digits_tiny"]
+    sub = zoo.data.load_dataset("digits").subset(test=60, seed=0)  # what ship evaluated on
+    model_acc = float(np.mean(to_numpy(zoo.get_model("resnet20_cifar", weights=folder)(sub.normalize(sub.x_test))).argmax(-1) == sub.y_test))
+    assert model_acc == shipped["evaluation"]["accuracy"]
+    with pytest.raises(SystemExit, match="below the catalogue's bar"):
+        ship.package(cat, "resnet20_cifar.digits_high", tmp_path, out_dir=tmp_path / "weights")
 
     # fine-tune the run's preset on a 5-class task, trunk frozen: a new head, the trunk as it was
     assert recipe.main(["finetune", "--weights", str(tmp_path / "preset"), "--freeze-trunk", "--out",

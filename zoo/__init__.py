@@ -7,7 +7,7 @@
 Runs unchanged on JAX, TensorFlow and PyTorch (set KERAS_BACKEND).
 """
 
-from zoo import layers, models
+from zoo import data, layers, models
 from zoo.errors import UnknownNameError
 from zoo.layers import DropPath, ResidualUnit, SkipMapping, list_skips, make_skip, register_skip
 from zoo.models import ResNet
