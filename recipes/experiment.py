@@ -15,7 +15,6 @@ results.png beside the runs.
 import argparse
 import json
 import os
-import platform
 import subprocess
 import sys
 import time
@@ -23,23 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from recipes.train import deep_update, parse_set
-
-
-def device_name():
-    backend = os.environ.get("KERAS_BACKEND", "tensorflow")
-    try:
-        if backend == "jax":
-            import jax
-
-            return str(jax.devices()[0].device_kind)
-        if backend == "torch":
-            import torch
-
-            return torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu"
-    except Exception:  # reporting only
-        pass
-    return f"cpu ({platform.processor() or platform.machine()})"
+from recipes.train import deep_update, device_name, parse_set
 
 
 def plan(experiment, overrides):

@@ -4,6 +4,7 @@
     python -m recipes.ship train resnet20_cifar.fmnist_identity    # train, then package
     python -m recipes.ship train --all --jobs 4                    # everything (a GPU session)
     python -m recipes.ship package resnet20_cifar.fmnist_identity  # package a finished run
+    python -m recipes.ship table                                   # Markdown table of weights/
 
 `train` runs `recipes.train` (progress, checkpoints, --resume after a kill) into
 runs/weights/NAME/seed0 with the catalogue's config (plus any --set overrides, which are
@@ -25,8 +26,8 @@ import keras
 import numpy as np
 
 import zoo
-from recipes.experiment import device_name, run_all
-from recipes.train import deep_update, load_config, parse_set
+from recipes.experiment import run_all
+from recipes.train import deep_update, device_name, load_config, parse_set
 
 CATALOGUE = Path(__file__).resolve().parent / "weights.json"
 RUNS = Path("runs") / "weights"
@@ -83,7 +84,7 @@ def package(cat, name, run, force=False, out_dir=zoo.presets.REPO_WEIGHTS):
         "preprocessing": preprocessing(data),
         "recipe_config": trained.get("recipe_config"),
         "command": trained.get("command"),
-        "training": {"epochs": metrics.get("epochs"), "seconds": metrics.get("seconds"), "device": device_name(),
+        "training": {"epochs": metrics.get("epochs"), "seconds": metrics.get("seconds"), "device": metrics.get("device") or device_name(),
                      "backend": metrics.get("backend"), "keras": metrics.get("keras")},
         "package_command": f"KERAS_BACKEND={keras.backend.backend()} python -m recipes.ship package {shlex.quote(name)}"
                            + (f" --run {shlex.quote(str(run))}" if run != RUNS / name / "seed0" else ""),
@@ -96,9 +97,24 @@ def package(cat, name, run, force=False, out_dir=zoo.presets.REPO_WEIGHTS):
     return folder
 
 
+def table():
+    """The README's table of shipped weights, from the index and each metadata.json."""
+    lines = ["| weights | dataset | test accuracy | trained / made by | size |", "|---|---|---|---|---|"]
+    for name in zoo.presets.list_pretrained():
+        meta = zoo.get_preset_metadata(name)
+        acc = {k: v for k, v in meta["accuracy"].items() if k.endswith("_test")}
+        (split, value), = acc.items()
+        note = " (reported by the source)" if meta["accuracy"].get("reported_by") else ""
+        where = meta.get("training") or {}
+        made = (f"{where.get('epochs')} epochs, {where.get('backend')} on {where.get('device')}: " if where else "") + f"`{meta['command']}`"
+        size = sum(meta["bytes"].values()) / 1e6
+        lines.append(f"| `{name}` | {meta['dataset']} | {value:.4f}{note} | {made} | {size:.1f} MB |")
+    return "\n".join(lines)
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("command", choices=["list", "train", "package"])
+    parser.add_argument("command", choices=["list", "train", "package", "table"])
     parser.add_argument("names", nargs="*", help="catalogue names (arch.tag)")
     parser.add_argument("--all", action="store_true", help="every catalogued weight")
     parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="config overrides (recorded in the metadata)")
@@ -110,6 +126,9 @@ def main(argv=None):
     names = list(cat["weights"]) if args.all else args.names
     for n in names:
         entry_config(cat, n)  # unknown names fail before anything runs
+    if args.command == "table":
+        print(table())
+        return 0
     if args.command == "list":
         shipped = set(zoo.presets.list_pretrained())
         for n in names or cat["weights"]:

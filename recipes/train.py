@@ -31,6 +31,7 @@ import importlib.util
 import json
 import math
 import os
+import platform
 import shlex
 import sys
 import time
@@ -183,6 +184,31 @@ def set_determinism(seed):
         import torch
 
         torch.use_deterministic_algorithms(True, warn_only=True)
+
+
+def device_name():
+    """The accelerator this backend trains on, or the CPU: recorded with every result."""
+    backend = keras.backend.backend()
+    try:
+        if backend == "jax":
+            import jax
+
+            if jax.devices()[0].platform != "cpu":
+                return str(jax.devices()[0].device_kind)
+        elif backend == "torch":
+            import torch
+
+            if torch.cuda.is_available():
+                return torch.cuda.get_device_name(0)
+        elif backend == "tensorflow":
+            import tensorflow as tf
+
+            gpus = tf.config.list_physical_devices("GPU")
+            if gpus:
+                return tf.config.experimental.get_device_details(gpus[0]).get("device_name", "GPU")
+    except Exception:  # reporting only
+        pass
+    return f"CPU ({os.cpu_count()} cores, {platform.machine()})"
 
 
 # === Checkpoints: atomic, checksummed, resumable ===
@@ -339,7 +365,7 @@ def fit(config, out, data, model, resume=False):
     metrics = evaluate(model, data, config["batch_size"])
     metrics.update({
         "model": config["model"], "dataset": data.name, "epochs": config["epochs"], "seconds": round(time.time() - start, 1),
-        "backend": keras.backend.backend(), "keras": keras.__version__, "trainable_params": int(sum(np.prod(w.shape) for w in model.trainable_weights)),
+        "backend": keras.backend.backend(), "device": device_name(), "keras": keras.__version__, "trainable_params": int(sum(np.prod(w.shape) for w in model.trainable_weights)),
     })
     model.save_weights(out / "model.weights.h5")
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
