@@ -48,6 +48,16 @@ TWO_DEVICES = textwrap.dedent(
         uneven = None
     except ValueError as err:
         uneven = str(err)
+
+    # The recipe, data parallel end to end (the same call as above, from --distribute data).
+    import tempfile
+    from recipes import train as recipe
+    with tempfile.TemporaryDirectory() as out:
+        recipe_rc = recipe.main(["train", "--distribute", "data", "--out", out, "--set",
+                                 'model_args={"depth": 8}', "train_subset=64", "test_subset=32", "batch_size=16",
+                                 "epochs=1"])
+        recipe_devices = len(keras.distribution.distribution().device_mesh.devices.flatten())
+    keras.distribution.set_distribution(None)
     print("RESULT " + json.dumps({
         "jax_devices": len(jax.devices()),
         "distribution": type(dist).__name__,
@@ -56,6 +66,7 @@ TWO_DEVICES = textwrap.dedent(
         "max_weight_diff": max(float(np.max(np.abs(a - b))) for a, b in zip(weights_1, weights_2)),
         "max_weight": max(float(np.max(np.abs(a))) for a in weights_1),
         "uneven": uneven,
+        "recipe": [recipe_rc, recipe_devices],
     }))
     """
 )
@@ -94,3 +105,12 @@ def test_data_parallel_on_two_devices_matches_one_device():
     assert loss_1 == pytest.approx(loss_2, rel=1e-5, abs=1e-6)
     assert result["max_weight_diff"] <= 1e-5 * max(1.0, result["max_weight"]), result
     assert result["uneven"] and "batch_size=7" in result["uneven"] and "multiple of 2" in result["uneven"]
+    assert result["recipe"] == [0, 2]  # recipes.train --distribute data ran over both devices
+
+
+@pytest.mark.skipif(keras.backend.backend() == "jax", reason="the jax-only error is for the other backends")
+def test_recipe_distribute_data_says_it_is_jax_only(tmp_path):
+    from recipes import train as recipe
+
+    with pytest.raises(ValueError, match="jax backend only"):
+        recipe.main(["train", "--distribute", "data", "--out", str(tmp_path), "--set", "epochs=1"])
