@@ -26,7 +26,6 @@ switched on for TensorFlow and PyTorch).
 
 import argparse
 import copy
-import hashlib
 import importlib.util
 import json
 import math
@@ -212,14 +211,6 @@ def device_name():
 
 
 # === Checkpoints: atomic, checksummed, resumable ===
-def _sha256(path):
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def _atomic_write_bytes(path, write):
     tmp = Path(str(path) + ".tmp")
     with open(tmp, "wb") as f:
@@ -241,7 +232,7 @@ def save_checkpoint(folder, trainer, epoch, keep=2):
     arrays = {f"v{i}": keras.ops.convert_to_numpy(v) for i, v in enumerate(state_variables(trainer))}
     path = folder / f"epoch-{epoch:04d}.npz"
     _atomic_write_bytes(path, lambda f: np.savez(f, **arrays))
-    pointer = {"epoch": epoch, "file": path.name, "sha256": _sha256(path), "num_variables": len(arrays),
+    pointer = {"epoch": epoch, "file": path.name, "sha256": zoo.presets.sha256_file(path), "num_variables": len(arrays),
                "paths": [v.path for v in state_variables(trainer)]}
     _atomic_write_bytes(folder / "latest.json", lambda f: f.write(json.dumps(pointer, indent=1).encode()))
     for old in sorted(folder.glob("epoch-*.npz"))[:-keep]:
@@ -257,7 +248,7 @@ def load_checkpoint(folder, trainer):
         raise FileNotFoundError(f"No checkpoint to resume from: {pointer_path} does not exist.")
     pointer = json.loads(pointer_path.read_text())
     path = folder / pointer["file"]
-    if not path.is_file() or _sha256(path) != pointer["sha256"]:
+    if not path.is_file() or zoo.presets.sha256_file(path) != pointer["sha256"]:
         raise ValueError(f"Checkpoint {path} is missing or corrupted (sha256 differs from latest.json); refusing to load it.")
     variables = state_variables(trainer)
     if pointer["num_variables"] != len(variables):

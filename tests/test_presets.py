@@ -73,10 +73,9 @@ def test_list_models_pretrained():
 
 
 def evaluate_subset(model, record):
-    data = zoo.data.load_dataset(record["dataset"]).subset(test=record["test_subset"], seed=record["seed"])
-    logits = np.concatenate([to_numpy(model(data.normalize(data.x_test[i:i + 1000]), training=False))
-                             for i in range(0, len(data.x_test), 1000)])
-    return float(np.mean(logits.argmax(-1) == data.y_test))
+    from recipes.ship import evaluate_subset as subset_accuracy
+
+    return subset_accuracy(model, zoo.data.load_dataset(record["dataset"]), record["test_subset"], record["seed"])
 
 
 @pytest.mark.parametrize("name", SHIPPED)

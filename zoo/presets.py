@@ -34,7 +34,9 @@ without an index is scanned.
 """
 
 import datetime
+import fnmatch
 import hashlib
+import inspect
 import json
 import os
 import shutil
@@ -324,8 +326,6 @@ def model_from_config(config, overrides=None, source="config"):
     args = config.get("config")
     if not isinstance(args, dict):
         raise PresetConfigError(f"{source} has no 'config' object of constructor arguments.")
-    import inspect
-
     allowed = set(inspect.signature(cls.__init__).parameters) - {"self", "kwargs"} | {"name", "trainable", "dtype"}
     unknown = sorted(set(args) - allowed)
     if unknown:
@@ -360,8 +360,6 @@ def weights_index():
 
 
 def list_pretrained(pattern="*"):
-    import fnmatch
-
     return sorted(n for n in weights_index() if fnmatch.fnmatch(n, pattern))
 
 
@@ -466,8 +464,8 @@ def load_preset(arch, folder, overrides=None, metadata_sha256=None):
 
 
 def _differs(a, b):
-    norm = lambda v: json.loads(json.dumps(v, default=list))  # tuples and lists compare equal
-    return norm(a) != norm(b)
+    """Config values differ (as JSON: tuples and lists compare equal)."""
+    return json.loads(json.dumps(a, default=list)) != json.loads(json.dumps(b, default=list))
 
 
 def transfer_weights(source, target, head="head"):

@@ -77,11 +77,11 @@ class PreNormResidualUnit(keras.layers.Layer):
         self.skip.build(input_shape)
         self.drop_path.build(input_shape)
 
-    def build_branch(self, input_shape):
-        raise NotImplementedError
+    def build_branch(self, input_shape):  # extension hook: each unit kind builds its branch F
+        raise NotImplementedError(f"{type(self).__name__} must implement build_branch(input_shape).")
 
-    def branch(self, x, training=None):
-        raise NotImplementedError
+    def branch(self, x, training=None):  # extension hook: F(norm(x))
+        raise NotImplementedError(f"{type(self).__name__} must implement branch(x, training).")
 
     def call(self, x, training=None):
         branch = self.branch(self.norm(x), training=training)
