@@ -46,6 +46,7 @@ SKIP_CASES = [
     ("gate_shortcut", "gate_shortcut", {}),
     ("conv1x1", "conv1x1", {}),
     ("dropout", "dropout", {}),
+    ("dropout_inverted", "dropout", {"inverted": True}),
     ("orthogonal_fixed", "orthogonal", {"mode": "fixed"}),
     ("orthogonal_learned", "orthogonal", {"mode": "learned"}),
     ("sparse", "sparse", {"k": 2}),

@@ -159,3 +159,33 @@ def test_bad_config_is_refused():
         recipe.make_optimizer(tiny_config(optimizer={"schedule": "linear"}), 10)
     with pytest.raises(ValueError, match="trainer.kind='fancy'"):
         recipe.make_trainer(tiny_config(trainer={"kind": "fancy"}), None)
+
+
+def test_he_et_al_experiment_configs_use_the_papers_shortcuts():
+    """Table 1: ResNet-110 with option A, He-initialised gates with b_g fixed, the 1x1 conv
+    shortcut He-initialised with BN, the paper's (attenuating) dropout; Table 2: option A for
+    ResNet-110 and the first pre-activation unit activated before the split."""
+    from recipes.experiment import plan
+
+    table1 = plan(json.loads((ROOT / "recipes/experiments/he_table1_shortcuts.json").read_text()), {})
+    variants = {label: config["model_args"] for label, seed, config in table1 if seed == 0}
+    assert all(args["downsample"] == "pad" and args["placement"] == "original" for args in variants.values())
+    for label, args in variants.items():
+        options = args.get("skip_options", {})
+        if args["skip"].startswith("gate"):
+            assert options["kernel_initializer"] == "he_normal", label
+        if args["skip"] == "conv1x1":
+            assert options == {"kernel_initializer": "he_normal", "norm": True}
+        if args["skip"] == "dropout":
+            assert not options.get("inverted", False)
+        # Every variant builds (at ResNet-20 size here) and runs a train-mode forward pass.
+        model = zoo.get_model("resnet20_cifar", **args, input_shape=(8, 8, 1), num_classes=3)
+        out = to_numpy(model(np.ones((4, 8, 8, 1), "float32"), training=True))
+        assert np.all(np.isfinite(out)), label
+    table2 = plan(json.loads((ROOT / "recipes/experiments/he_table2_placements.json").read_text()), {})
+    for label, seed, config in table2:
+        args = config["model_args"]
+        assert args["shared_first_preact"] is True
+        assert (args.get("downsample") == "pad") == (config["model"] == "resnet110_cifar"), label
+    preact = zoo.get_model("resnet20_cifar", placement="full_preact", shared_first_preact=True, input_shape=(8, 8, 1))
+    assert [u.shared_preact for u in preact.residual_units] == [True] + [False] * 8

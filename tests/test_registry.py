@@ -33,7 +33,7 @@ def test_presets_are_data():
     from zoo.models.resnet import RESNET_PRESETS
 
     builder, defaults = RESNET_PRESETS["resnet164_cifar"]
-    assert defaults == {"depth": 164, "placement": "full_preact"}
+    assert defaults == {"depth": 164, "placement": "full_preact", "shared_first_preact": True}
 
 
 def test_unknown_model_name_lists_the_closest():

@@ -200,3 +200,16 @@ def test_wrong_input_rank_at_call_is_a_value_error():
     model = tiny_resnet()
     with pytest.raises(ValueError):
         model(np.zeros((2, 8, 8), "float32"))
+
+
+@pytest.mark.parametrize("placement", ["full_preact", "relu_preact"])
+def test_shared_preact_unit_starts_its_shortcut_from_the_preactivation(placement):
+    # He et al. 2016 appendix: the first unit's activation comes before the split.
+    x = (3.0 * np.random.default_rng(0).standard_normal((2, 4, 4, 4)) + 1.0).astype("float32")
+    shared = zoo.ResidualUnit(4, placement=placement, shared_preact=True)
+    y = to_numpy(shared(x))
+    pre = to_numpy(keras.ops.relu(shared.norms[0](x) if placement == "full_preact" else x))
+    np.testing.assert_allclose(y, pre + to_numpy(shared.branch(x)), atol=1e-5)
+    plain = zoo.ResidualUnit(4, placement=placement)
+    np.testing.assert_allclose(to_numpy(plain(x)), x + to_numpy(plain.branch(x)), atol=1e-5)
+    assert zoo.ResidualUnit.from_config(shared.get_config()).shared_preact

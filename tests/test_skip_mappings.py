@@ -56,12 +56,26 @@ def test_gate_bias_init_is_honoured_and_gate_in_open_unit_interval(name):
     x = random_inputs()
     g = to_numpy(layer.gate(x))
     assert np.all(g > 0) and np.all(g < 1)
-    # W starts at 0: at initialisation g = sigmoid(b_g) everywhere.
+    # W starts at 0 by default: at initialisation g = sigmoid(b_g) everywhere.
+    np.testing.assert_array_equal(to_numpy(layer.gate_kernel), np.zeros((C, C), "float32"))
     np.testing.assert_allclose(g, 1 / (1 + np.exp(6.0)), rtol=1e-5)
     # After a change of W the gate depends on x and stays in (0, 1).
     layer.gate_kernel.assign(0.3 * np.random.default_rng(0).standard_normal((C, C)).astype("float32"))
     g = to_numpy(layer.gate(x))
     assert np.all(g > 0) and np.all(g < 1) and g.std() > 0
+
+
+@pytest.mark.parametrize("name", ["gate_exclusive", "gate_shortcut"])
+def test_gate_he_initialised_weights_as_in_the_paper(name):
+    layer = zoo.make_skip(name, {"bias_init": -6.0, "kernel_initializer": "he_normal"})
+    layer.build((None, 64))
+    w = to_numpy(layer.gate_kernel)
+    assert 0.7 < w.std() * np.sqrt(64 / 2) < 1.3  # He normal: std sqrt(2 / fan_in)
+    np.testing.assert_array_equal(to_numpy(layer.gate_bias), np.full((64,), -6.0, "float32"))
+    g = to_numpy(layer.gate(random_inputs((5, 64))))
+    assert np.all(g > 0) and np.all(g < 1) and g.std() > 1e-3  # depends on x from the start
+    rebuilt = type(layer).from_config(layer.get_config())
+    assert type(rebuilt.kernel_initializer).__name__ == "HeNormal"
 
 
 def test_gate_exclusive_scales_branch_by_g_and_shortcut_by_one_minus_g():
@@ -75,15 +89,45 @@ def test_gate_exclusive_scales_branch_by_g_and_shortcut_by_one_minus_g():
     np.testing.assert_array_equal(to_numpy(branch), f)
 
 
-def test_conv1x1_keeps_shape_and_is_trainable():
+def test_conv1x1_keeps_shape_is_trainable_and_starts_at_the_identity():
     layer = built("conv1x1")
     x = random_inputs()
     assert tuple(layer(x).shape) == x.shape
     assert len(layer.trainable_weights) == 1
+    np.testing.assert_array_equal(to_numpy(layer(x)), x)  # default init: W = I
 
 
-def test_dropout_is_identity_at_inference_and_drops_in_training():
+def test_conv1x1_he_init_and_batch_norm_option():
+    layer = zoo.make_skip("conv1x1", {"kernel_initializer": "he_normal", "norm": True})
+    layer.build((None, 64))
+    w = to_numpy(layer.kernel)
+    assert 0.7 < w.std() * np.sqrt(64 / 2) < 1.3
+    assert len(layer.trainable_weights) == 3  # W, BN gamma and beta
+    x = 3.0 + 2.0 * random_inputs((64, 64))
+    # Inference before any update: moving mean 0, variance 1, so BN(W x) = W x / sqrt(1 + eps).
+    np.testing.assert_allclose(to_numpy(layer(x, training=False)), x @ w / np.sqrt(1 + 1e-5), rtol=1e-4, atol=1e-4)
+    y = to_numpy(layer(x, training=True))  # BN on batch statistics: per channel mean 0, var 1
+    np.testing.assert_allclose(y.mean(0), 0.0, atol=1e-4)
+    np.testing.assert_allclose(y.var(0), 1.0, atol=1e-2)
+    rebuilt = type(layer).from_config(layer.get_config())
+    assert rebuilt.norm and type(rebuilt.kernel_initializer).__name__ == "HeNormal"
+
+
+def test_dropout_is_the_papers_attenuation_by_default():
+    # He et al.: an unscaled Bernoulli mask in training, 0.5 x at inference; E[M(x)] = 0.5 x.
     layer = built("dropout", rate=0.5)
+    x = random_inputs((200, C))
+    np.testing.assert_allclose(to_numpy(layer(x, training=False)), 0.5 * x, rtol=1e-6)
+    y = to_numpy(layer(x, training=True))
+    kept = y != 0
+    assert 0.45 < kept.mean() < 0.55
+    np.testing.assert_array_equal(y[kept], x[kept])  # unscaled
+    mean_multiplier = np.mean([to_numpy(layer(np.ones((50, C), "float32"), training=True)).mean() for _ in range(4)])
+    assert abs(mean_multiplier - 0.5) < 0.03
+
+
+def test_dropout_inverted_is_keras_dropout():
+    layer = built("dropout", rate=0.5, inverted=True)
     x = random_inputs()
     np.testing.assert_array_equal(to_numpy(layer(x, training=False)), x)
     y = to_numpy(layer(x, training=True))
@@ -169,10 +213,20 @@ def test_mapping_options_are_in_the_config_and_rebuild_bit_identically():
                 np.testing.assert_array_equal(to_numpy(wa), to_numpy(wb))
 
 
-def test_unit_index_offsets_the_seed():
+def test_unit_index_gives_each_unit_its_own_draw():
     a = zoo.make_skip("orthogonal", {"seed": 0}, index=0)
     b = zoo.make_skip("orthogonal", {"seed": 0}, index=1)
-    assert (a.seed, b.seed) == (0, 1)
+    assert (a.seed, a.index, b.seed, b.index) == (0, 0, 0, 1)
+    a.build((None, C))
+    b.build((None, C))
+    assert not np.allclose(to_numpy(a.matrix()), to_numpy(b.matrix()))
+    # The matrix of unit i with seed s is the matrix of a lone mapping seeded s + i.
+    c = built("orthogonal", seed=1)
+    np.testing.assert_array_equal(to_numpy(b.matrix()), to_numpy(c.matrix()))
+    # A mapping without an index argument gets the index added to its seed.
+    assert zoo.make_skip("dropout", {"seed": 3}, index=2).seed == 5
+    with pytest.raises(ValueError, match="index"):  # the model sets it, not the user
+        zoo.make_skip("sparse", {"index": 3})
 
 
 def test_unknown_mapping_name_suggests_closest():

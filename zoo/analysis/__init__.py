@@ -8,6 +8,9 @@
     analysis.top_singular_triplets(op, k=4)        # subspace iteration on JVPs / VJPs
     analysis.dense_singular_triplets(op, k=4)      # exact, from the explicit Jacobian
 
+    analysis.skip_path(model)                      # the composed skip path M_L ... M_1
+    analysis.stream_rms(model, images)             # every unit's output RMS (signal propagation)
+
 The per-backend autodiff (jvp, vjp) is in zoo.analysis.autodiff; matplotlib is imported only
 when plotting.
 """
@@ -23,4 +26,5 @@ from zoo.analysis.jacobian import (
     singular_triplets,
     top_singular_triplets,
 )
+from zoo.analysis.skip_path import recurrent_skip_path, skip_matrix, skip_path, stream_rms
 from zoo.analysis.residual_alignment import analyze_model, residual_units_of, unit_tensors, write_report

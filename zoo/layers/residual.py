@@ -103,6 +103,12 @@ class ResidualUnit(keras.layers.Layer):
         zero_init_last: start the branch's last scale (BN gamma, or the last conv without BN
             after it) at zero, so the unit starts as y = M(x).
         index: the unit's position in its model; offsets the seeds of the skip and DropPath.
+        num_units: residual units on the model's skip path; the skip mapping scales its
+            strength by it (`depth` of zoo.layers.skip), so the composed path stays bounded.
+        shared_preact: in a pre-activation placement, the shortcut starts from the
+            pre-activated input too (as it always does where the shape changes): He et al.
+            2016's appendix does this for the first unit, after the stem conv, "before
+            splitting into two paths".
 
     Input (B, H, W, C_in) -> output (B, H / stride, W / stride, C_out).
     """
@@ -120,6 +126,8 @@ class ResidualUnit(keras.layers.Layer):
         drop_path_granularity="sample",
         zero_init_last=False,
         index=0,
+        num_units=1,
+        shared_preact=False,
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -135,6 +143,8 @@ class ResidualUnit(keras.layers.Layer):
         self.skip_options = dict(skip_options or {})
         self.zero_init_last = bool(zero_init_last)
         self.index = int(index)
+        self.num_units = int(check_range("num_units", num_units, low=1, integer=True))
+        self.shared_preact = bool(shared_preact)
         self.out_channels = self.filters * (4 if block == "bottleneck" else 1)
 
         # === Layers ===
@@ -163,7 +173,7 @@ class ResidualUnit(keras.layers.Layer):
             for i in range(n - 1 if placement == "bn_after_add" else n)
         ]
         self.post_norm = batch_norm("bn_out") if placement == "bn_after_add" else None
-        self.skip = make_skip(skip, self.skip_options, index=index, name="skip")
+        self.skip = make_skip(skip, self.skip_options, index=index, depth=self.num_units, name="skip")
         self.drop_path = DropPath(
             self.drop_path_rate, granularity=self.drop_path_granularity, seed=index, name="drop_path"
         )
@@ -212,11 +222,11 @@ class ResidualUnit(keras.layers.Layer):
         shortcut = x
         if p == "full_preact":
             x = ops.relu(self.norms[0](x, training=training))
-            if self.needs_shortcut_change:
+            if self.needs_shortcut_change or self.shared_preact:
                 shortcut = x
         elif p == "relu_preact":
             x = ops.relu(x)
-            if self.needs_shortcut_change:
+            if self.needs_shortcut_change or self.shared_preact:
                 shortcut = x
         for i, conv in enumerate(self.convs):
             if p == "full_preact":
@@ -263,4 +273,6 @@ class ResidualUnit(keras.layers.Layer):
             "drop_path_granularity": self.drop_path_granularity,
             "zero_init_last": self.zero_init_last,
             "index": self.index,
+            "num_units": self.num_units,
+            "shared_preact": self.shared_preact,
         }

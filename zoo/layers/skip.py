@@ -3,7 +3,8 @@
 Every mapping acts on the last (channel / feature) axis only, so one layer serves conv feature
 maps (as a 1x1 map), ViT tokens and RNN hidden states. Definitions follow SPEC section 2:
 He et al. 2016 (arXiv 1603.05027) for scaling, gating, 1x1 conv and dropout shortcuts;
-Lechner et al. 2022 (arXiv 2206.01261) for orthogonal, sparse and correlation mappings.
+Lechner et al. 2022 (arXiv 2206.01261, abstract only) for the invariants of the orthogonal, sparse and
+correlation mappings (the matrices realising them are this project's; see Attribution below).
 
 Calling convention: `skip(x)` returns M(x); `skip(x, branch)` returns the pair
 `(M(x), S(x) * branch)` where S is the branch scale some mappings impose (exclusive gating,
@@ -11,6 +12,29 @@ frozen constant gating) and 1 for the rest. The residual add stays in the unit:
 
     mapped, branch = self.skip(shortcut, branch)
     y = mapped + self.drop_path(branch)
+
+Network-level invariants. A signal travels the composed skip path M_L ... M_1 (and, in a
+recurrent cell, M^T over T steps), so each entangled mapping keeps its promise for that
+product, not only per unit. A model tells each unit's mapping how many maps its path composes
+(`depth`: units with independently drawn matrices; `horizon`: steps of a recurrence applying
+the same matrix) and its position `index`:
+
+- `orthogonal`: products of orthogonal matrices are orthogonal, at any depth.
+- `sparse`: one permutation shared by the units of a width, so products stay unipotent (every
+  eigenvalue 1), and off-diagonal variance sigma^2 / (k depth horizon^2), so the product's
+  singular values stay bounded (within [1/3, 3] at every depth and width the zoo offers,
+  tests/test_skip_path.py) instead of growing exponentially with depth.
+- `correlation`: the AR(1) coefficient of each unit is tanh(atanh(rho) / (depth horizon)), so
+  the product's singular values lie in [(1 - rho) / (1 + rho), (1 + rho) / (1 - rho)] at any
+  depth, whatever the channel orders (the extreme eigenvalues of one unit multiply).
+
+`depth_scaled=False` and `shared_permutation=False` give back the raw per-unit constructions,
+whose composed path explodes with depth, to reproduce that on purpose.
+
+Attribution. Lechner et al.'s abstract (the only part of the paper available to this project)
+names the invariants: mappings that share eigenvalues (sparse), structure (correlation) or
+Jacobian norm (orthogonal) with the identity. The matrices that realise them here, and their
+depth scaling, are this project's constructions, not the paper's.
 """
 
 import inspect
@@ -59,17 +83,27 @@ def get_skip_class(name):
     return _SKIPS[name]
 
 
+# Options a model sets for each unit; a user does not pass them in `skip_options`.
+UNIT_OPTIONS = ("index",)
+
+
 def skip_option_names(name):
-    """The keyword options a mapping takes (its constructor arguments but Layer's own)."""
+    """The keyword options a mapping takes (its constructor arguments but Layer's own and the
+    unit position `index`, which the model sets)."""
     params = inspect.signature(get_skip_class(name).__init__).parameters
-    return [p for p in params if p not in ("self", "kwargs", "args", "name", "dtype")]
+    return [p for p in params if p not in ("self", "kwargs", "args", "name", "dtype", *UNIT_OPTIONS)]
 
 
-def make_skip(skip, options=None, index=0, **layer_kwargs):
+def make_skip(skip, options=None, index=0, depth=None, horizon=None, **layer_kwargs):
     """Build the registered mapping `skip` (a name) with `options`.
 
-    `index` is the unit's position in its model: it is added to the `seed` option so that
-    every unit of a model draws its own matrix while the model as a whole stays reproducible.
+    `index` is the unit's position in its model. A mapping that takes an `index` argument
+    receives it (and draws its per-unit randomness from (seed, index) itself); for any other
+    mapping with a `seed` option the index is added to the seed, so that every unit draws its
+    own matrix or mask while the model as a whole stays reproducible.
+
+    `depth` (units composed on the model's skip path) and `horizon` (steps a recurrence applies
+    the same mapping) go to mappings that take them, unless `options` sets them already.
     """
     cls = get_skip_class(skip)
     options = dict(options or {})
@@ -77,8 +111,14 @@ def make_skip(skip, options=None, index=0, **layer_kwargs):
     for key in options:
         if key not in allowed:
             raise UnknownNameError(f"option of skip mapping {skip!r}", key, allowed)
-    if "seed" in allowed:
+    params = inspect.signature(cls.__init__).parameters
+    if "index" in params:
+        options["index"] = int(index)
+    elif "seed" in allowed:
         options["seed"] = int(options.get("seed", 0)) + int(index)
+    for key, value in (("depth", depth), ("horizon", horizon)):
+        if key in allowed and value is not None:
+            options.setdefault(key, int(value))
     return cls(**options, **layer_kwargs)
 
 
@@ -133,19 +173,25 @@ class MatrixSkip(SkipMapping):
     """M(x) = x @ M^T with a C x C matrix made once, from a seed, by `make_matrix`.
 
     The matrix is a non-trainable weight (so it is saved, and loads bit-identically on every
-    backend); `matrix()` returns M for analysis and tests.
+    backend); `matrix()` returns M for analysis and tests. A unit's matrix is drawn from
+    `unit_rng()`, seeded by seed + index (`index`: the unit's position, set by the model).
     """
 
-    def __init__(self, seed=0, **kwargs):
+    def __init__(self, seed=0, index=0, **kwargs):
         super().__init__(**kwargs)
-        self.seed = check_range("seed", seed, low=0, integer=True)
+        self.seed = int(check_range("seed", seed, low=0, integer=True))
+        self.index = int(check_range("index", index, low=0, integer=True))
+
+    def unit_rng(self):
+        """The generator of this unit's own draws."""
+        return np.random.default_rng(self.seed + self.index)
 
     def make_matrix(self, channels, rng):
         raise NotImplementedError(f"{type(self).__name__} must implement make_matrix().")
 
     def build(self, input_shape):
         channels = self._channels(input_shape)
-        matrix = self.make_matrix(channels, np.random.default_rng(self.seed))
+        matrix = self.make_matrix(channels, self.unit_rng())
         self.kernel = self.add_weight(
             name="kernel",
             shape=(channels, channels),
@@ -160,7 +206,34 @@ class MatrixSkip(SkipMapping):
         return ops.matmul(x, ops.cast(self.kernel, x.dtype))
 
     def get_config(self):
-        return {**super().get_config(), "seed": self.seed}
+        return {**super().get_config(), "seed": self.seed, "index": self.index}
+
+
+class PathScaledSkip(MatrixSkip):
+    """A matrix mapping whose strength is scaled by the length of the skip path it sits on.
+
+    Args:
+        depth: units with independently drawn matrices composed on the path (a model sets it
+            to its number of residual units).
+        horizon: times a recurrence applies the same matrix (a recurrent cell sets it to its
+            sequence length).
+        depth_scaled: scale the strength by `depth` and `horizon` (the default). `False` gives
+            the raw per-unit construction whose composed path explodes with depth.
+    """
+
+    def __init__(self, depth=1, horizon=1, depth_scaled=True, seed=0, index=0, **kwargs):
+        super().__init__(seed=seed, index=index, **kwargs)
+        self.depth = int(check_range("depth", depth, low=1, integer=True))
+        self.horizon = int(check_range("horizon", horizon, low=1, integer=True))
+        self.depth_scaled = bool(depth_scaled)
+
+    def get_config(self):
+        return {
+            **super().get_config(),
+            "depth": self.depth,
+            "horizon": self.horizon,
+            "depth_scaled": self.depth_scaled,
+        }
 
 
 @register_skip("identity")
@@ -207,20 +280,26 @@ class ScaleSkip(SkipMapping):
 class _GateSkip(SkipMapping):
     """g = sigmoid(W x + b_g) per channel (a 1x1 conv on the shortcut), M(x) = (1 - g) * x.
 
-    W starts at zero, so at initialisation g = sigmoid(b_g) exactly; b_g = -6 is He et al.'s
-    working setting (g ~ 0.0025: the unit starts close to an identity shortcut).
+    `bias_init`: b_g at initialisation; -6 is He et al.'s working setting (g ~ 0.0025).
+    `kernel_initializer`: W's initializer. He et al. fix only b_g and He-initialise W, as every
+    conv of their networks: `kernel_initializer="he_normal"` is that. The default, "zeros",
+    makes g = sigmoid(b_g) exactly at initialisation, so b_g alone sets where the unit starts
+    (the quantity the paper's b_g sweep varies) and, with b_g = -6, the stream starts within a
+    fraction of a percent of the identity model's; with He-initialised W the gate at
+    initialisation also depends on the input's scale, which grows along a residual stream.
     """
 
     scales_branch = False
 
-    def __init__(self, bias_init=-6.0, **kwargs):
+    def __init__(self, bias_init=-6.0, kernel_initializer="zeros", **kwargs):
         super().__init__(**kwargs)
         self.bias_init = float(check_range("bias_init", bias_init))
+        self.kernel_initializer = keras.initializers.get(kernel_initializer)
 
     def build(self, input_shape):
         channels = self._channels(input_shape)
         self.gate_kernel = self.add_weight(
-            name="gate_kernel", shape=(channels, channels), initializer="zeros"
+            name="gate_kernel", shape=(channels, channels), initializer=self.kernel_initializer
         )
         self.gate_bias = self.add_weight(
             name="gate_bias",
@@ -239,7 +318,11 @@ class _GateSkip(SkipMapping):
         return mapped, (g * branch if self.scales_branch else branch)
 
     def get_config(self):
-        return {**super().get_config(), "bias_init": self.bias_init}
+        return {
+            **super().get_config(),
+            "bias_init": self.bias_init,
+            "kernel_initializer": keras.initializers.serialize(self.kernel_initializer),
+        }
 
 
 @register_skip("gate_exclusive")
@@ -261,35 +344,75 @@ class ShortcutGateSkip(_GateSkip):
 @register_skip("conv1x1")
 @keras.saving.register_keras_serializable(package="zoo")
 class Conv1x1Skip(SkipMapping):
-    """M(x) = W x, a learned 1x1 convolution (He init) on the shortcut (He et al. Fig. 2e)."""
+    """M(x) = W x, a learned 1x1 convolution on the shortcut (He et al. Fig. 2e); with
+    `norm=True`, M(x) = BN(W x), the conv followed by batch normalisation.
+
+    `kernel_initializer`: W's initializer. The default, "identity", starts the shortcut as the
+    identity, so the model starts as the identity model and only what training makes of W
+    differs. "he_normal" is the initializer He et al. use for every conv (the paper does not
+    state the shortcut's): it doubles the energy of the shortcut in expectation, which a ReLU
+    after the addition (`placement="original"`) halves again but a pre-activation stream
+    compounds over the units. He et al.'s configs use "he_normal" with `norm=True`.
+    """
+
+    def __init__(self, kernel_initializer="identity", norm=False, **kwargs):
+        super().__init__(**kwargs)
+        self.kernel_initializer = keras.initializers.get(kernel_initializer)
+        self.norm = bool(norm)
+        self.batch_norm = (
+            keras.layers.BatchNormalization(momentum=0.9, epsilon=1e-5, name="bn") if self.norm else None
+        )
 
     def build(self, input_shape):
         channels = self._channels(input_shape)
         self.kernel = self.add_weight(
-            name="kernel", shape=(channels, channels), initializer="he_normal"
+            name="kernel", shape=(channels, channels), initializer=self.kernel_initializer
         )
+        if self.batch_norm is not None:
+            self.batch_norm.build(tuple(input_shape))
 
-    def map(self, x):
-        return ops.matmul(x, self.kernel)
+    def call(self, x, branch=None, training=None):
+        mapped = ops.matmul(x, self.kernel)
+        if self.batch_norm is not None:
+            mapped = self.batch_norm(mapped, training=training)
+        return mapped if branch is None else (mapped, branch)
+
+    def get_config(self):
+        return {
+            **super().get_config(),
+            "kernel_initializer": keras.initializers.serialize(self.kernel_initializer),
+            "norm": self.norm,
+        }
 
 
 @register_skip("dropout")
 @keras.saving.register_keras_serializable(package="zoo")
 class DropoutSkip(SkipMapping):
-    """M(x) = dropout(x, rate) on the shortcut alone (He et al. Fig. 2f); identity at inference."""
+    """Dropout on the shortcut alone (He et al. Fig. 2f), rate 0.5 by default.
 
-    def __init__(self, rate=0.5, seed=0, **kwargs):
+    Default (`inverted=False`), as the paper describes it: in training M(x) = m * x with
+    m ~ Bernoulli(1 - rate) per element, unscaled, and (1 - rate) * x at inference, so
+    E[M(x)] = (1 - rate) x: the shortcut is attenuated, the failure the paper explains by an
+    expected shortcut scale of 0.5. `inverted=True` is Keras' inverted dropout (m / (1 - rate)
+    in training, the identity at inference): the same mask, but its variance grows the stream
+    instead (its RMS compounds by sqrt(1 / (1 - rate)) a unit at initialisation).
+    """
+
+    def __init__(self, rate=0.5, inverted=False, seed=0, **kwargs):
         super().__init__(**kwargs)
         self.rate = float(check_range("rate", rate, low=0.0, high=1.0, high_open=True))
+        self.inverted = bool(inverted)
         self.seed = check_range("seed", seed, low=0, integer=True)
         self.dropout = keras.layers.Dropout(self.rate, seed=self.seed, name="dropout")
 
     def call(self, x, branch=None, training=None):
         mapped = self.dropout(x, training=training)
+        if not self.inverted:  # m x / (1 - rate) in training, x at inference: rescale both
+            mapped = mapped * ops.cast(1.0 - self.rate, mapped.dtype)
         return mapped if branch is None else (mapped, branch)
 
     def get_config(self):
-        return {**super().get_config(), "rate": self.rate, "seed": self.seed}
+        return {**super().get_config(), "rate": self.rate, "inverted": self.inverted, "seed": self.seed}
 
 
 def haar_orthogonal(channels, rng):
@@ -301,15 +424,22 @@ def haar_orthogonal(channels, rng):
 @register_skip("orthogonal")
 @keras.saving.register_keras_serializable(package="zoo")
 class OrthogonalSkip(MatrixSkip):
-    """M(x) = Q x with Q^T Q = I (Lechner et al.): same Jacobian norm as the identity.
+    """M(x) = Q x with Q^T Q = I: the Jacobian norm of the identity (the invariant Lechner et
+    al. name; the Haar and Cayley constructions are this project's). Products of orthogonal
+    matrices are orthogonal, so the composed skip path keeps every singular value at 1 at any
+    depth, and each unit draws its own Q (from seed + index).
+
+    In a post-activation network (`placement="original"`) the ReLU after the addition zeroes
+    the negative half of a rotated non-negative input, so the stream loses about half its
+    energy a unit where the identity keeps it: a property of the construction, not a defect.
 
     `mode="fixed"`: Q Haar-random from `seed`, a non-trainable weight.
     `mode="learned"`: Cayley map Q = (I - A)(I + A)^-1, A = W - W^T, W trainable from 0, so Q
     starts at I and stays orthogonal through training.
     """
 
-    def __init__(self, mode="fixed", seed=0, **kwargs):
-        super().__init__(seed=seed, **kwargs)
+    def __init__(self, mode="fixed", seed=0, index=0, **kwargs):
+        super().__init__(seed=seed, index=index, **kwargs)
         if mode not in ("fixed", "learned"):
             raise ValueError(f"Received mode={mode!r}; allowed values are 'fixed', 'learned'.")
         self.mode = mode
@@ -345,35 +475,69 @@ class OrthogonalSkip(MatrixSkip):
 
 @register_skip("sparse")
 @keras.saving.register_keras_serializable(package="zoo")
-class SparseSkip(MatrixSkip):
-    """M = P (I + N) P^T (Lechner et al.): N strictly upper triangular with `k` nonzeros a row
-    (fewer in the last k rows, which have fewer slots), drawn N(0, sigma^2 / k); P a random
-    permutation. M is unipotent: every eigenvalue is exactly 1, the identity's spectrum.
+class SparseSkip(PathScaledSkip):
+    """M = P (I + N) P^T: N strictly upper triangular with `k` nonzeros a row (fewer in the
+    last k rows, which have fewer slots), P a permutation. M is unipotent: every eigenvalue is
+    exactly 1, the identity's spectrum (the invariant Lechner et al. name; the construction is
+    this project's).
 
-    `trainable_values=True` lets the nonzeros of N train while the sparsity pattern (and so
-    the spectrum) stays fixed.
+    Network level (the defaults): P is drawn from (seed, width) alone, so every unit of one
+    width shares it and the product of the units' matrices is P (prod (I + N_l)) P^T, still
+    unipotent; and the nonzeros of N are drawn N(0, sigma^2 / (k depth horizon^2)), so the
+    off-diagonal part of the whole composed path has an RMS row norm of about `sigma`
+    whatever the depth. With the default sigma = 0.5 the product's singular values stay within
+    [1/3, 3] at every depth and width the zoo offers (ResNet-20 to 1001, ViT-S and -B, the
+    recurrent cells over their sequence length; tests/test_skip_path.py).
+
+    `shared_permutation=False` draws P per unit (products are then no longer unipotent) and
+    `depth_scaled=False` draws N(0, sigma^2 / k) per unit: together, with sigma=1, they are the
+    raw construction whose composed path explodes with depth (largest singular value ~1e4
+    over the 27 units of ResNet-56). `trainable_values=True` lets the nonzeros of N train
+    while the sparsity pattern (and so the spectrum) stays fixed.
     """
 
-    def __init__(self, k=4, sigma=1.0, trainable_values=False, seed=0, **kwargs):
-        super().__init__(seed=seed, **kwargs)
-        self.k = check_range("k", k, low=1, integer=True)
-        self.k = int(self.k)
+    def __init__(
+        self,
+        k=4,
+        sigma=0.5,
+        trainable_values=False,
+        shared_permutation=True,
+        depth=1,
+        horizon=1,
+        depth_scaled=True,
+        seed=0,
+        index=0,
+        **kwargs,
+    ):
+        super().__init__(depth=depth, horizon=horizon, depth_scaled=depth_scaled, seed=seed, index=index, **kwargs)
+        self.k = int(check_range("k", k, low=1, integer=True))
         self.sigma = float(check_range("sigma", sigma, low=0.0))
         self.trainable_values = bool(trainable_values)
+        self.shared_permutation = bool(shared_permutation)
+
+    @property
+    def value_std(self):
+        """The standard deviation of the nonzeros of N."""
+        std = self.sigma / np.sqrt(self.k)
+        if self.depth_scaled:
+            std /= np.sqrt(self.depth) * self.horizon
+        return std
 
     def sparse_parts(self, channels, rng):
-        """The permutation, the mask of N and N itself, all from `rng`."""
+        """The permutation matrix, the mask of N and N itself; the unit's own draws from `rng`."""
         if self.k >= channels:
             raise ValueError(
                 f"Received k={self.k} for {channels} channels; the sparse mapping needs "
                 f"1 <= k < channels (k nonzeros a row above the diagonal)."
             )
-        perm = rng.permutation(channels)
+        perm = rng.permutation(channels)  # drawn in both modes: the unit's later draws stay put
+        if self.shared_permutation:
+            perm = np.random.default_rng((self.seed, channels)).permutation(channels)
         mask = np.zeros((channels, channels))
         for i in range(channels - 1):
             cols = rng.choice(np.arange(i + 1, channels), size=min(self.k, channels - 1 - i), replace=False)
             mask[i, cols] = 1.0
-        values = rng.normal(0.0, self.sigma / np.sqrt(self.k), size=(channels, channels)) * mask
+        values = rng.normal(0.0, 1.0, size=(channels, channels)) * self.value_std * mask
         return np.eye(channels)[perm], mask, values
 
     def make_matrix(self, channels, rng):
@@ -384,7 +548,7 @@ class SparseSkip(MatrixSkip):
         if not self.trainable_values:
             return super().build(input_shape)
         channels = self._channels(input_shape)
-        p, mask, n = self.sparse_parts(channels, np.random.default_rng(self.seed))
+        p, mask, n = self.sparse_parts(channels, self.unit_rng())
         shape = (channels, channels)
         self.permutation = self.add_weight(
             name="permutation", shape=shape, initializer=array_initializer(p), trainable=False
@@ -410,22 +574,42 @@ class SparseSkip(MatrixSkip):
             "k": self.k,
             "sigma": self.sigma,
             "trainable_values": self.trainable_values,
+            "shared_permutation": self.shared_permutation,
         }
 
 
 @register_skip("correlation")
 @keras.saving.register_keras_serializable(package="zoo")
-class CorrelationSkip(MatrixSkip):
-    """M = C_rho, the AR(1) correlation matrix rho^|i-j| over a random channel order
-    (Lechner et al.'s structural correlation): symmetric positive definite, unit diagonal,
-    trace C. `block=b` makes it block-diagonal with groups of b channels."""
+class CorrelationSkip(PathScaledSkip):
+    """M = C_r, the AR(1) correlation matrix r^|i-j| over a random channel order (a structural
+    correlation: the invariant of shared structure is Lechner et al.'s, this matrix is this
+    project's): symmetric positive definite, unit diagonal, trace C, eigenvalues in
+    [(1 - r) / (1 + r), (1 + r) / (1 - r)] (the extremes of the AR(1) spectrum; not
+    1 + r (C - 1), which is the equicorrelation matrix's). `block=b` makes it block-diagonal
+    with groups of b channels. Each unit draws its own channel order (seed + index).
 
-    def __init__(self, rho=0.5, block=None, seed=0, **kwargs):
-        super().__init__(seed=seed, **kwargs)
+    Network level (the default): a unit's coefficient is r = tanh(atanh(rho) / (depth
+    horizon)), so (1 + r) / (1 - r) = ((1 + rho) / (1 - rho))^(1 / (depth horizon)): the
+    extreme eigenvalues of the units multiply to those of one rho-matrix, and the composed
+    path's singular values lie in [(1 - rho) / (1 + rho), (1 + rho) / (1 - rho)] ([1/3, 3] at
+    the default rho = 0.5) at any depth, whatever the channel orders. `rho` is the correlation
+    strength of the whole path. `depth_scaled=False` uses rho in every unit, the raw
+    construction: the channel-mean direction grows about (1 + rho) / (1 - rho) = 3x a unit.
+    """
+
+    def __init__(self, rho=0.5, block=None, depth=1, horizon=1, depth_scaled=True, seed=0, index=0, **kwargs):
+        super().__init__(depth=depth, horizon=horizon, depth_scaled=depth_scaled, seed=seed, index=index, **kwargs)
         self.rho = float(check_range("rho", rho, low=-1.0, high=1.0, low_open=True, high_open=True))
         if block is not None:
             block = int(check_range("block", block, low=1, integer=True))
         self.block = block
+
+    @property
+    def unit_rho(self):
+        """The AR(1) coefficient of this unit's matrix."""
+        if not self.depth_scaled:
+            return self.rho
+        return float(np.tanh(np.arctanh(self.rho) / (self.depth * self.horizon)))
 
     def make_matrix(self, channels, rng):
         block = self.block or channels
@@ -434,7 +618,7 @@ class CorrelationSkip(MatrixSkip):
                 f"Received block={block} for {channels} channels; block must be in [1, {channels}]."
             )
         idx = np.arange(channels)
-        corr = self.rho ** np.abs(idx[:, None] - idx[None, :]).astype("float64")
+        corr = self.unit_rho ** np.abs(idx[:, None] - idx[None, :]).astype("float64")
         same_block = (idx[:, None] // block) == (idx[None, :] // block)
         corr = np.where(same_block, corr, 0.0)
         perm = np.eye(channels)[rng.permutation(channels)]

@@ -43,6 +43,8 @@ class PreNormResidualUnit(keras.layers.Layer):
         skip, skip_options: the skip mapping M (registered name, options), on the D axis.
         drop_path_rate, drop_path_granularity: DropPath on F.
         index: the unit's position in its model; offsets the seeds of M and DropPath.
+        num_units: residual units on the model's skip path; the skip mapping scales its
+            strength by it (`depth` of zoo.layers.skip), so the composed path stays bounded.
     """
 
     norm_name = "norm"
@@ -54,6 +56,7 @@ class PreNormResidualUnit(keras.layers.Layer):
         drop_path_rate=0.0,
         drop_path_granularity="sample",
         index=0,
+        num_units=1,
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -62,8 +65,9 @@ class PreNormResidualUnit(keras.layers.Layer):
         self.drop_path_rate = float(check_range("drop_path_rate", drop_path_rate, low=0.0, high=1.0, high_open=True))
         self.drop_path_granularity = check_choice("drop_path_granularity", drop_path_granularity, GRANULARITIES)
         self.index = int(index)
+        self.num_units = int(check_range("num_units", num_units, low=1, integer=True))
         self.norm = layer_norm(self.norm_name)
-        self.skip = make_skip(skip, self.skip_options, index=index, name="skip")
+        self.skip = make_skip(skip, self.skip_options, index=index, depth=self.num_units, name="skip")
         self.drop_path = DropPath(self.drop_path_rate, granularity=self.drop_path_granularity, seed=index, name="drop_path")
 
     def build(self, input_shape):
@@ -99,6 +103,7 @@ class PreNormResidualUnit(keras.layers.Layer):
             "drop_path_rate": self.drop_path_rate,
             "drop_path_granularity": self.drop_path_granularity,
             "index": self.index,
+            "num_units": self.num_units,
         }
 
 

@@ -34,6 +34,8 @@ class ResidualMLPUnit(keras.layers.Layer):
         skip, skip_options: the skip mapping M, by registered name, and its options.
         drop_path_rate, drop_path_granularity: DropPath on the branch.
         index: the unit's position in its model; offsets the seeds of the skip and DropPath.
+        num_units: residual units on the model's skip path; the skip mapping scales its
+            strength by it (`depth` of zoo.layers.skip), so the composed path stays bounded.
     """
 
     def __init__(
@@ -46,6 +48,7 @@ class ResidualMLPUnit(keras.layers.Layer):
         drop_path_rate=0.0,
         drop_path_granularity="sample",
         index=0,
+        num_units=1,
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -58,6 +61,7 @@ class ResidualMLPUnit(keras.layers.Layer):
         self.skip_name = skip
         self.skip_options = dict(skip_options or {})
         self.index = int(index)
+        self.num_units = int(check_range("num_units", num_units, low=1, integer=True))
 
         # === Layers ===
         self.dense1 = layers.Dense(self.hidden, use_bias=norm != "batch", kernel_initializer="he_normal", name="dense1")
@@ -70,7 +74,7 @@ class ResidualMLPUnit(keras.layers.Layer):
             self.norms = [layers.LayerNormalization(epsilon=1e-6, name="ln")]
         else:
             self.norms = []
-        self.skip = make_skip(skip, self.skip_options, index=index, name="skip")
+        self.skip = make_skip(skip, self.skip_options, index=index, depth=self.num_units, name="skip")
         self.drop_path = DropPath(
             self.drop_path_rate, granularity=self.drop_path_granularity, seed=index, name="drop_path"
         )
@@ -106,6 +110,7 @@ class ResidualMLPUnit(keras.layers.Layer):
             "drop_path_rate": self.drop_path_rate,
             "drop_path_granularity": self.drop_path_granularity,
             "index": self.index,
+            "num_units": self.num_units,
         }
 
 
@@ -170,6 +175,7 @@ class ResidualMLP(keras.Model):
                 drop_path_rate=rates[i],
                 drop_path_granularity=drop_path_granularity,
                 index=i,
+                num_units=depth,
                 name=f"unit{i + 1}",
             )
             x = unit(x)

@@ -44,6 +44,12 @@ class ResNet(keras.Model):
         drop_path_rate: DropPath rate of the last unit; unit l gets rate * l / (L - 1).
         drop_path_granularity: "sample" or "batch".
         zero_init_last: zero the last scale of every residual branch.
+        shared_first_preact: in a pre-activation placement, the first unit's pre-activation
+            comes before the split, so its shortcut starts from it too (He et al. 2016,
+            appendix: the first unit follows the stem conv, which has no activation of its
+            own). Off by default, which keeps the weights trained without it; the
+            pre-activation presets of the paper (`resnet164_cifar`, `resnet1001_cifar`) and
+            its experiment configs turn it on.
 
     Call: images (B, H, W, C) -> logits (B, num_classes).
     """
@@ -63,6 +69,7 @@ class ResNet(keras.Model):
         drop_path_rate=0.0,
         drop_path_granularity="sample",
         zero_init_last=False,
+        shared_first_preact=False,
         name=None,
         **kwargs,
     ):
@@ -122,6 +129,8 @@ class ResNet(keras.Model):
                     drop_path_granularity=drop_path_granularity,
                     zero_init_last=zero_init_last,
                     index=index,
+                    num_units=sum(stage_depths),
+                    shared_preact=bool(shared_first_preact) and index == 0,
                     name=f"stage{stage + 1}_unit{i + 1}",
                 )
                 x = unit(x)
@@ -150,6 +159,7 @@ class ResNet(keras.Model):
         self.drop_path_rate = float(drop_path_rate)
         self.drop_path_granularity = drop_path_granularity
         self.zero_init_last = bool(zero_init_last)
+        self.shared_first_preact = bool(shared_first_preact)
         self._unit_names = unit_names
         self._features_name = features._keras_history.operation.name
 
@@ -191,6 +201,7 @@ class ResNet(keras.Model):
             "drop_path_rate": self.drop_path_rate,
             "drop_path_granularity": self.drop_path_granularity,
             "zero_init_last": self.zero_init_last,
+            "shared_first_preact": self.shared_first_preact,
         }
 
     @classmethod
@@ -255,8 +266,8 @@ RESNET_PRESETS = {
     "resnet44_cifar": (cifar_resnet, dict(depth=44)),
     "resnet56_cifar": (cifar_resnet, dict(depth=56)),
     "resnet110_cifar": (cifar_resnet, dict(depth=110)),
-    "resnet164_cifar": (cifar_resnet, dict(depth=164, placement="full_preact")),
-    "resnet1001_cifar": (cifar_resnet, dict(depth=1001, placement="full_preact")),
+    "resnet164_cifar": (cifar_resnet, dict(depth=164, placement="full_preact", shared_first_preact=True)),
+    "resnet1001_cifar": (cifar_resnet, dict(depth=1001, placement="full_preact", shared_first_preact=True)),
     "resnet18": (imagenet_resnet, dict(depth=18)),
     "resnet34": (imagenet_resnet, dict(depth=34)),
     "resnet50": (imagenet_resnet, dict(depth=50)),

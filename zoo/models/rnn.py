@@ -2,7 +2,8 @@
 
 Over time (`ResidualRNN`): a cell h_t = M(h_{t-1}) + DropPath(F(x_t, h_{t-1})) with
 F(x, h) = activation(W x + U h + b), tanh by default. With M orthogonal the recurrence keeps
-the norm of its state path (the case of Lechner et al. 2022, arXiv 2206.01261).
+the norm of its state path (the invariant Lechner et al. 2022, arXiv 2206.01261, name for RNNs; the
+constructions are this project's, see zoo.layers.skip).
 
 Over depth (`ResidualStackedRNN`): stacked LSTM or GRU layers,
 y_l = M(y_{l-1}) + DropPath(RNN_l(y_{l-1})), after an input projection to the hidden width.
@@ -19,7 +20,7 @@ from keras.src.layers.rnn.dropout_rnn_cell import DropoutRNNCell
 
 from zoo.errors import check_choice, check_range
 from zoo.layers.drop_path import GRANULARITIES, DropPath, linear_drop_path_rates
-from zoo.layers.skip import DropoutSkip, get_skip_class, make_skip
+from zoo.layers.skip import Conv1x1Skip, DropoutSkip, get_skip_class, make_skip
 from zoo.registry import register_model
 
 POOLS = ("last", "mean")
@@ -41,6 +42,9 @@ class ResidualRNNCell(DropoutRNNCell, keras.layers.Layer):
         skip, skip_options: the skip mapping M on h (registered name, options).
         drop_path_rate, drop_path_granularity: DropPath on F.
         index: the cell's position among its model's residual units (offsets the seeds).
+        horizon: the number of steps the recurrence applies M (the sequence length): M^T is
+            the cell's skip path, and the mapping scales its strength by `horizon` so that
+            M^horizon stays bounded (an orthogonal M is exact at any horizon).
         kernel_initializer, recurrent_initializer, bias_initializer: of W, U, b.
 
     Randomness (DropPath and the `dropout` skip mapping) is drawn once per sequence, before
@@ -60,6 +64,7 @@ class ResidualRNNCell(DropoutRNNCell, keras.layers.Layer):
         drop_path_rate=0.0,
         drop_path_granularity="sample",
         index=0,
+        horizon=1,
         kernel_initializer="glorot_uniform",
         recurrent_initializer="orthogonal",
         bias_initializer="zeros",
@@ -73,10 +78,16 @@ class ResidualRNNCell(DropoutRNNCell, keras.layers.Layer):
         self.drop_path_rate = float(check_range("drop_path_rate", drop_path_rate, low=0.0, high=1.0, high_open=True))
         self.drop_path_granularity = check_choice("drop_path_granularity", drop_path_granularity, GRANULARITIES)
         self.index = int(index)
+        self.horizon = int(check_range("horizon", horizon, low=1, integer=True))
         self.kernel_initializer = keras.initializers.get(kernel_initializer)
         self.recurrent_initializer = keras.initializers.get(recurrent_initializer)
         self.bias_initializer = keras.initializers.get(bias_initializer)
-        self.skip = make_skip(skip, self.skip_options, index=index, name="skip")
+        self.skip = make_skip(skip, self.skip_options, index=index, horizon=self.horizon, name="skip")
+        if isinstance(self.skip, Conv1x1Skip) and self.skip.norm:
+            raise ValueError(
+                "Received skip='conv1x1' with norm=True in a ResidualRNNCell; batch statistics "
+                "cannot be updated inside the time loop. Use norm=False in a recurrent cell."
+            )
         self.drop_path = DropPath(self.drop_path_rate, granularity=self.drop_path_granularity, seed=index, name="drop_path")
         self.state_size = self.units
         self.output_size = self.units
@@ -108,6 +119,7 @@ class ResidualRNNCell(DropoutRNNCell, keras.layers.Layer):
 
     def get_recurrent_dropout_mask(self, state):
         if self._skip_dropout_mask is None and isinstance(self.skip, DropoutSkip):
+            # The mapping of ones in training is its multiplier: m (or m / (1 - rate) inverted).
             self._skip_dropout_mask = self.skip(ops.ones_like(state), training=True)
         return self._skip_dropout_mask
 
@@ -122,7 +134,7 @@ class ResidualRNNCell(DropoutRNNCell, keras.layers.Layer):
         branch = self.activation(ops.matmul(inputs, self.kernel) + ops.matmul(h, self.recurrent_kernel) + self.bias)
         if isinstance(self.skip, DropoutSkip):
             mask = self.get_recurrent_dropout_mask(h) if training else None
-            mapped = h if mask is None else h * ops.cast(mask, h.dtype)
+            mapped = self.skip(h, training=False) if mask is None else h * ops.cast(mask, h.dtype)
         else:
             mapped, branch = self.skip(h, branch)
         if training and self.drop_path_rate > 0:
@@ -140,6 +152,7 @@ class ResidualRNNCell(DropoutRNNCell, keras.layers.Layer):
             "drop_path_rate": self.drop_path_rate,
             "drop_path_granularity": self.drop_path_granularity,
             "index": self.index,
+            "horizon": self.horizon,
             "kernel_initializer": keras.initializers.serialize(self.kernel_initializer),
             "recurrent_initializer": keras.initializers.serialize(self.recurrent_initializer),
             "bias_initializer": keras.initializers.serialize(self.bias_initializer),
@@ -149,7 +162,8 @@ class ResidualRNNCell(DropoutRNNCell, keras.layers.Layer):
 @keras.saving.register_keras_serializable(package="zoo")
 class RecurrentResidualUnit(keras.layers.Layer):
     """y = M(x) + DropPath(RNN(x)) on sequences (B, T, D), RNN an LSTM or GRU of width D
-    returning its whole sequence (sublayer `rnn`)."""
+    returning its whole sequence (sublayer `rnn`). `num_units`: the units of the model's skip
+    path over depth, by which the mapping scales its strength."""
 
     def __init__(
         self,
@@ -160,6 +174,7 @@ class RecurrentResidualUnit(keras.layers.Layer):
         drop_path_rate=0.0,
         drop_path_granularity="sample",
         index=0,
+        num_units=1,
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -170,8 +185,9 @@ class RecurrentResidualUnit(keras.layers.Layer):
         self.drop_path_rate = float(check_range("drop_path_rate", drop_path_rate, low=0.0, high=1.0, high_open=True))
         self.drop_path_granularity = check_choice("drop_path_granularity", drop_path_granularity, GRANULARITIES)
         self.index = int(index)
+        self.num_units = int(check_range("num_units", num_units, low=1, integer=True))
         self.rnn = RECURRENT_LAYERS[cell](self.units, return_sequences=True, name="rnn")
-        self.skip = make_skip(skip, self.skip_options, index=index, name="skip")
+        self.skip = make_skip(skip, self.skip_options, index=index, depth=self.num_units, name="skip")
         self.drop_path = DropPath(self.drop_path_rate, granularity=self.drop_path_granularity, seed=index, name="drop_path")
 
     def build(self, input_shape):
@@ -202,6 +218,7 @@ class RecurrentResidualUnit(keras.layers.Layer):
             "drop_path_rate": self.drop_path_rate,
             "drop_path_granularity": self.drop_path_granularity,
             "index": self.index,
+            "num_units": self.num_units,
         }
 
 
@@ -271,6 +288,8 @@ class ResidualRNN(_SequenceModelContract, keras.Model):
         num_classes: size of the head; 0 gives the pooled features.
         input_shape: (steps, features); steps may be None.
         drop_path_rate, drop_path_granularity: DropPath on F, schedule over the cells.
+        horizon: the steps over which each cell's skip path M^T is kept bounded; by default
+            the number of input steps, which a model with `steps=None` must be given.
 
     The residual units are the cells (one per layer, `rnn{l}` layers' `.cell`): each is a
     unit h_t = M(h_{t-1}) + DropPath(F) applied at every time step.
@@ -289,6 +308,7 @@ class ResidualRNN(_SequenceModelContract, keras.Model):
         input_shape=(28, 28),
         drop_path_rate=0.0,
         drop_path_granularity="sample",
+        horizon=None,
         name=None,
         **kwargs,
     ):
@@ -301,6 +321,15 @@ class ResidualRNN(_SequenceModelContract, keras.Model):
         num_classes = int(check_range("num_classes", num_classes, low=0, integer=True))
         input_shape = _check_sequence_shape(input_shape)
         rates = drop_path_schedule(drop_path_rate, num_layers)
+        if horizon is None:
+            if input_shape[0] is None:
+                raise ValueError(
+                    f"Received input_shape={input_shape} with no horizon; a recurrence over sequences of "
+                    "unknown length needs horizon=T, the length over which its skip path M^T is kept "
+                    "bounded (e.g. the longest sequence it will see)."
+                )
+            horizon = input_shape[0]
+        horizon = int(check_range("horizon", horizon, low=1, integer=True))
 
         # === Layers and functional model ===
         inputs = keras.Input(shape=input_shape, name="sequences")
@@ -315,6 +344,7 @@ class ResidualRNN(_SequenceModelContract, keras.Model):
                 drop_path_rate=rates[i],
                 drop_path_granularity=drop_path_granularity,
                 index=i,
+                horizon=horizon,
                 name="cell",
             )
             last = i == num_layers - 1
@@ -337,6 +367,7 @@ class ResidualRNN(_SequenceModelContract, keras.Model):
         self.sequence_shape = input_shape
         self.drop_path_rate = float(drop_path_rate)
         self.drop_path_granularity = drop_path_granularity
+        self.horizon = horizon
         self._rnn_names = layer_names
 
     @property
@@ -359,6 +390,7 @@ class ResidualRNN(_SequenceModelContract, keras.Model):
             "input_shape": list(self.sequence_shape),
             "drop_path_rate": self.drop_path_rate,
             "drop_path_granularity": self.drop_path_granularity,
+            "horizon": self.horizon,
         }
 
 
@@ -415,6 +447,7 @@ class ResidualStackedRNN(_SequenceModelContract, keras.Model):
                 drop_path_rate=rates[i],
                 drop_path_granularity=drop_path_granularity,
                 index=i,
+                num_units=depth,
                 name=f"unit{i}",
             )
             x = unit(x)
@@ -463,13 +496,15 @@ _FMNIST_ROWS = dict(input_shape=(28, 28), num_classes=10)  # Fashion-MNIST, one 
 _MNIST1D = dict(input_shape=(40, 1), num_classes=10)  # MNIST-1D (Greydanus 2020), 40 steps x 1
 _ADDING = dict(input_shape=(None, 2), num_classes=1)  # zoo.data.synthetic.adding_problem
 
+ADDING_HORIZON = 200  # the longest adding-problem sequences the recipes train on
+
 RNN_PRESETS = {
     "resrnn_fmnist_rows": (ResidualRNN, dict(units=128, skip="orthogonal", **_FMNIST_ROWS)),
     "resgru_fmnist_rows": (ResidualStackedRNN, dict(units=64, depth=3, cell="gru", **_FMNIST_ROWS)),
     "resrnn_mnist1d": (ResidualRNN, dict(units=128, skip="orthogonal", **_MNIST1D)),
     "resgru_mnist1d": (ResidualStackedRNN, dict(units=64, depth=3, cell="gru", **_MNIST1D)),
     "reslstm_mnist1d": (ResidualStackedRNN, dict(units=64, depth=3, cell="lstm", **_MNIST1D)),
-    "resrnn_adding": (ResidualRNN, dict(units=64, skip="orthogonal", **_ADDING)),
+    "resrnn_adding": (ResidualRNN, dict(units=64, skip="orthogonal", horizon=ADDING_HORIZON, **_ADDING)),
     "reslstm_adding": (ResidualStackedRNN, dict(units=64, depth=2, cell="lstm", **_ADDING)),
 }
 

@@ -133,7 +133,10 @@ class ViT(keras.Model):
             for kind, unit_cls, arg in (("attn", AttentionUnit, dict(num_heads=num_heads)),
                                         ("mlp", MLPUnit, dict(hidden_dim=int(embed_dim * mlp_ratio)))):
                 index = len(unit_names)
-                unit = unit_cls(**arg, **common, drop_path_rate=rates[index], index=index, name=f"block{i}_{kind}")
+                unit = unit_cls(
+                    **arg, **common, drop_path_rate=rates[index], index=index, num_units=2 * depth,
+                    name=f"block{i}_{kind}",
+                )
                 x = unit(x)
                 unit_names.append(unit.name)
         if global_pool == "token":
