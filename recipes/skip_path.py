@@ -58,9 +58,12 @@ def measure_paths(quick):
                 if skip == "orthogonal" and construction == "raw":
                     continue  # one construction: orthogonal products are orthogonal
                 s = np.linalg.svd(build(skip, opts), compute_uv=False)
+                # Below ~1e-12 of the largest, a float64 SVD resolves nothing: not reported.
+                smallest = float(s.min()) if s.min() > 1e-12 * s.max() else None
                 rows.append({"model": name, "skip": skip, "construction": construction,
-                             "sigma_min": float(s.min()), "sigma_max": float(s.max())})
-                print(f"  {name:36s} {skip:12s} {construction:8s} sigma in [{s.min():.3g}, {s.max():.3g}]", flush=True)
+                             "sigma_min": smallest, "sigma_max": float(s.max())})
+                low = "unresolved" if smallest is None else f"{smallest:.3g}"
+                print(f"  {name:36s} {skip:12s} {construction:8s} sigma in [{low}, {s.max():.3g}]", flush=True)
                 keras.backend.clear_session()
     return rows
 
@@ -90,9 +93,13 @@ def write(out, paths, streams, meta):
     out.mkdir(parents=True, exist_ok=True)
     (out / "results.json").write_text(json.dumps({"meta": meta, "paths": paths, "streams": streams}, indent=1) + "\n")
     lines = [f"# Composed skip paths ({meta['date']}, {meta['backend']}, keras {meta['keras']})", "",
-             "Singular values of the composed skip path (`zoo.analysis.skip_path`; option A transitions):", "",
+             "Singular values of the composed skip path (`zoo.analysis.skip_path`; option A transitions). "
+             "`network`: the default construction; `raw`: the former per-unit matrices (sparse with "
+             "sigma=1, depth_scaled=False, shared_permutation=False; correlation with depth_scaled=False).", "",
              "| model | skip | construction | sigma_min | sigma_max |", "|---|---|---|---|---|"]
-    lines += [f"| {r['model']} | {r['skip']} | {r['construction']} | {r['sigma_min']:.3g} | {r['sigma_max']:.3g} |" for r in paths]
+    lines += [f"| {r['model']} | {r['skip']} | {r['construction']} | "
+              f"{'below float64 resolution' if r['sigma_min'] is None else format(r['sigma_min'], '.3g')} | "
+              f"{r['sigma_max']:.3g} |" for r in paths]
     lines += ["", f"Stream RMS at initialisation (train-mode BN, 16 inputs of 8x8), {streams[0]['model']}: "
               "every unit's RMS over identity's at the same unit:", "",
               "| placement | skip | last unit RMS | min ratio | max ratio |", "|---|---|---|---|---|"]
@@ -108,7 +115,7 @@ def write(out, paths, streams, meta):
     fig, ax = plt.subplots(figsize=(9, 4.5))
     models = list(dict.fromkeys(r["model"] for r in paths))
     for skip, color in zip(ENTANGLED, ("tab:blue", "tab:orange", "tab:green")):
-        for construction, style in (("network", "-o"), ("raw", "--x")):
+        for construction, style in (("network", "o"), ("raw", "x")):
             ys = [next((r["sigma_max"] for r in paths if r["model"] == m and r["skip"] == skip
                         and r["construction"] == construction), np.nan) for m in models]
             if not np.all(np.isnan(ys)):
