@@ -147,3 +147,21 @@ def test_invalid_arguments_and_inputs_raise_value_errors():
         adding_problem(4, 1)
     with pytest.raises(ValueError):
         tiny_stacked()(np.zeros((2, 5), "float32"))
+
+
+def test_cell_dropout_shortcut_attenuates_as_he_et_al_describe():
+    # Inference: M(h) = 0.5 h (the expected scale of the unscaled Bernoulli(0.5) mask).
+    cell = zoo.ResidualRNNCell(4, skip="dropout")
+    rnn = keras.layers.RNN(cell, return_sequences=True)
+    x = sequences(2, 3, 3)
+    out = to_numpy(rnn(x, training=False))
+    w, u, b = (to_numpy(v) for v in (cell.kernel, cell.recurrent_kernel, cell.bias))
+    h = np.zeros((2, 4))
+    for t in range(3):
+        h = 0.5 * h + np.tanh(x[:, t] @ w + h @ u + b)
+        np.testing.assert_allclose(out[:, t], h, atol=1e-5)
+    # Training: one unscaled 0/1 mask per sequence.
+    mask = to_numpy(cell.skip(np.ones((2, 4), "float32"), training=True))
+    assert set(np.unique(mask)) <= {0.0, 1.0}
+    with pytest.raises(ValueError, match="norm=True"):
+        zoo.ResidualRNNCell(4, skip="conv1x1", skip_options={"norm": True})
