@@ -155,6 +155,7 @@ def test_over_time_model_of_unknown_length_needs_a_horizon():
     with pytest.raises(ValueError, match="horizon"):
         zoo.ResidualRNN(units=8, input_shape=(None, 2), skip="sparse")
     assert zoo.ResidualRNN(units=8, input_shape=(None, 2), horizon=50).residual_units[0].horizon == 50
+    assert zoo.ResidualRNN(units=8, input_shape=(None, 2), skip="orthogonal").residual_units[0].horizon == 1
 
 
 # === The stream at initialisation (train-mode BatchNorm) ===

@@ -20,7 +20,7 @@ from keras.src.layers.rnn.dropout_rnn_cell import DropoutRNNCell
 
 from zoo.errors import check_choice, check_range
 from zoo.layers.drop_path import GRANULARITIES, DropPath, linear_drop_path_rates
-from zoo.layers.skip import Conv1x1Skip, DropoutSkip, get_skip_class, make_skip
+from zoo.layers.skip import Conv1x1Skip, DropoutSkip, get_skip_class, make_skip, skip_option_names
 from zoo.registry import register_model
 
 POOLS = ("last", "mean")
@@ -289,7 +289,8 @@ class ResidualRNN(_SequenceModelContract, keras.Model):
         input_shape: (steps, features); steps may be None.
         drop_path_rate, drop_path_granularity: DropPath on F, schedule over the cells.
         horizon: the steps over which each cell's skip path M^T is kept bounded; by default
-            the number of input steps, which a model with `steps=None` must be given.
+            the number of input steps, which a model with `steps=None` and a mapping that
+            scales with it (sparse, correlation) must be given.
 
     The residual units are the cells (one per layer, `rnn{l}` layers' `.cell`): each is a
     unit h_t = M(h_{t-1}) + DropPath(F) applied at every time step.
@@ -322,13 +323,16 @@ class ResidualRNN(_SequenceModelContract, keras.Model):
         input_shape = _check_sequence_shape(input_shape)
         rates = drop_path_schedule(drop_path_rate, num_layers)
         if horizon is None:
-            if input_shape[0] is None:
+            if input_shape[0] is None and "horizon" not in skip_option_names(skip):
+                horizon = 1  # the mapping does not scale with the sequence length
+            elif input_shape[0] is None:
                 raise ValueError(
                     f"Received input_shape={input_shape} with no horizon; a recurrence over sequences of "
                     "unknown length needs horizon=T, the length over which its skip path M^T is kept "
                     "bounded (e.g. the longest sequence it will see)."
                 )
-            horizon = input_shape[0]
+            else:
+                horizon = input_shape[0]
         horizon = int(check_range("horizon", horizon, low=1, integer=True))
 
         # === Layers and functional model ===
