@@ -70,7 +70,10 @@ def package(cat, name, run, force=False, out_dir=zoo.presets.REPO_WEIGHTS):
         raise SystemExit(f"{name}: test accuracy {metrics['test_accuracy']:.4f} is below the catalogue's bar {bar}; "
                          "not shipping it (train longer, or --force to ship anyway).")
     trained = zoo.presets.verify_preset(run / "preset")["metadata"]
-    model = zoo.get_model(name.split(".")[0], weights=run / "preset")
+    arch = name.split(".")[0]
+    # a run with builder arguments (e.g. model_args.depth) is loaded as what it was trained as
+    builder_args = zoo.registry.get_model_entry(arch).builder_arguments((trained.get("recipe_config") or {}).get("model_args") or {})
+    model = zoo.get_model(arch, weights=run / "preset", **builder_args)
     ev = cat["evaluation"]
     data = zoo.data.load_dataset(trained["dataset"])
     subset_acc = evaluate_subset(model, data, ev["test_subset"], ev["seed"])

@@ -12,7 +12,8 @@ skip swapped when `model_args.skip` differs from the weights' (zoo.get_model(wei
 The config keys `weights` and `freeze_trunk` do the same from a config file.
 
 A run folder holds: config.json (the resolved config), log.csv, tensorboard/, checkpoints/
-(one per epoch, written atomically, with a sha256 in latest.json), model.weights.h5,
+(one per epoch, written atomically, with a sha256 in latest.json, and only when every weight
+and optimizer variable is finite), model.weights.h5,
 metrics.json (final test accuracy and loss) and preset/ (the trained model as a checksummed
 preset folder, loadable with zoo.get_model(arch, weights="runs/x/preset")). Keras progress
 bars show the work.
@@ -21,7 +22,8 @@ Determinism: batches and augmentation come from (seed, epoch); the checkpoint ho
 variable of the model, of the DropPathFreeze trainer (its mask generator and step counter)
 and of the optimizer, so a run killed at any point and resumed with --resume ends with the
 same weights as an uninterrupted run (on the same backend and machine; op determinism is
-switched on for TensorFlow and PyTorch).
+switched on for TensorFlow and PyTorch). A checkpoint that cannot be resumed from (a torn
+latest.json, a corrupted or foreign checkpoint) is refused in one line, with exit code 4.
 """
 
 import argparse
@@ -34,12 +36,14 @@ import platform
 import shlex
 import sys
 import time
+import zipfile
 from pathlib import Path
 
 import keras
 import numpy as np
 
 import zoo
+from zoo.convert.checkpoint import UnsafePathError, resolve_inside
 from zoo.data import ArrayBatches, EpochSetter, load_dataset
 from zoo.training import DropPathFreeze
 
@@ -65,8 +69,18 @@ DEFAULTS = {
 }
 
 
+class ResumeError(ValueError):
+    """The run folder's checkpoint cannot be resumed from (torn pointer, corrupted or foreign
+    checkpoint); the model is unchanged. `main` prints it as one line and exits with code 4."""
+
+
 class RunStopped(RuntimeError):
     """Training stopped early; the last good checkpoint is kept."""
+
+
+class ResumeError(ValueError):
+    """The run's checkpoint cannot be resumed from (a torn latest.json, a corrupted, foreign or
+    escaping checkpoint); nothing was loaded. `main` prints it as one line and exits with 4."""
 
 
 # === Config ===
@@ -224,56 +238,106 @@ def state_variables(trainer):
     return list(trainer.variables) + list(trainer.optimizer.variables)
 
 
+def non_finite_variables(arrays, paths):
+    """Paths of the float arrays holding a NaN or an infinity."""
+    return [p for p, a in zip(paths, arrays) if a.dtype.kind == "f" and not np.all(np.isfinite(a))]
+
+
 def save_checkpoint(folder, trainer, epoch, keep=2):
     """checkpoints/epoch-N.npz then latest.json pointing at it, each replaced atomically:
-    a crash while writing leaves the previous checkpoint and pointer intact."""
+    a crash while writing leaves the previous checkpoint and pointer intact. Refuses (with
+    RunStopped, writing nothing) a state holding non-finite values: a checkpoint is good
+    only if every weight and optimizer variable is finite."""
     folder = Path(folder)
+    variables = state_variables(trainer)
+    values = [keras.ops.convert_to_numpy(v) for v in variables]
+    bad = non_finite_variables(values, [v.path for v in variables])
+    if bad:
+        raise RunStopped(f"non-finite weights after epoch {epoch} ({len(bad)} variables, e.g. {bad[0]})")
     folder.mkdir(parents=True, exist_ok=True)
-    arrays = {f"v{i}": keras.ops.convert_to_numpy(v) for i, v in enumerate(state_variables(trainer))}
+    arrays = {f"v{i}": value for i, value in enumerate(values)}
     path = folder / f"epoch-{epoch:04d}.npz"
     _atomic_write_bytes(path, lambda f: np.savez(f, **arrays))
     pointer = {"epoch": epoch, "file": path.name, "sha256": zoo.presets.sha256_file(path), "num_variables": len(arrays),
-               "paths": [v.path for v in state_variables(trainer)]}
+               "paths": [v.path for v in variables]}
     _atomic_write_bytes(folder / "latest.json", lambda f: f.write(json.dumps(pointer, indent=1).encode()))
     for old in sorted(folder.glob("epoch-*.npz"))[:-keep]:
         old.unlink()
     return path
 
 
+def _read_pointer(folder):
+    """latest.json, checked: its fields, and a file name inside `folder`."""
+    pointer_path = folder / "latest.json"
+    kept = ", ".join(p.name for p in sorted(folder.glob("epoch-*.npz"))) or "none"
+    fix = (f"remove {str(folder)!r} to start over, or rewrite latest.json for an intact epoch-N.npz "
+           f"(present: {kept})")
+    try:
+        pointer = json.loads(pointer_path.read_text())
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ResumeError(f"Cannot resume: {str(pointer_path)!r} is not valid JSON ({e}; a torn write?); {fix}.") from None
+    fields = {"epoch": int, "file": str, "sha256": str, "num_variables": int}
+    if not isinstance(pointer, dict) or not all(isinstance(pointer.get(k), t) and not isinstance(pointer.get(k), bool)
+                                                for k, t in fields.items()):
+        raise ResumeError(f"Cannot resume: {str(pointer_path)!r} lacks {', '.join(fields)} of the right types; {fix}.")
+    try:
+        path = resolve_inside(folder, pointer["file"], "Checkpoint named by latest.json")
+    except UnsafePathError as e:
+        raise ResumeError(f"Cannot resume: {e} {fix[0].upper()}{fix[1:]}.") from None
+    return pointer, path, fix
+
+
 def load_checkpoint(folder, trainer):
-    """Restore every variable; refuse a checkpoint whose checksum or layout does not match."""
+    """Restore every variable; refuse (ResumeError, nothing loaded) a checkpoint whose pointer,
+    checksum, layout or values are not the run's."""
     folder = Path(folder)
     pointer_path = folder / "latest.json"
     if not pointer_path.is_file():
         raise FileNotFoundError(f"No checkpoint to resume from: {pointer_path} does not exist.")
-    pointer = json.loads(pointer_path.read_text())
-    path = folder / pointer["file"]
+    pointer, path, fix = _read_pointer(folder)
     if not path.is_file() or zoo.presets.sha256_file(path) != pointer["sha256"]:
-        raise ValueError(f"Checkpoint {path} is missing or corrupted (sha256 differs from latest.json); refusing to load it.")
+        raise ResumeError(f"Checkpoint {path} is missing or corrupted (sha256 differs from latest.json); refusing to load it; {fix}.")
     variables = state_variables(trainer)
     if pointer["num_variables"] != len(variables):
-        raise ValueError(
+        raise ResumeError(
             f"Checkpoint {path} holds {pointer['num_variables']} variables, this model and optimizer have "
-            f"{len(variables)}: it was written by a different configuration; refusing to load it."
+            f"{len(variables)}: it was written by a different configuration; refusing to load it "
+            "(resume with the run's own config.json, or start a new --out)."
         )
-    with np.load(path) as data:
-        values = [data[f"v{i}"] for i in range(len(variables))]
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            values = [data[f"v{i}"] for i in range(len(variables))]
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as e:
+        raise ResumeError(f"Checkpoint {path} matches its sha256 but cannot be read ({type(e).__name__}: {e}); {fix}.") from None
     for v, value in zip(variables, values):
         if tuple(v.shape) != value.shape:
-            raise ValueError(f"Checkpoint {path}: {v.path} has shape {value.shape}, the model expects {tuple(v.shape)}.")
+            raise ResumeError(f"Checkpoint {path}: {v.path} has shape {value.shape}, the model expects {tuple(v.shape)}; "
+                              "it was written by a different configuration.")
+    bad = non_finite_variables(values, [v.path for v in variables])
+    if bad:
+        raise ResumeError(f"Checkpoint {path} holds non-finite values ({bad[0]}, ...); {fix}.")
     for v, value in zip(variables, values):
         v.assign(value)
     return pointer["epoch"]
 
 
 class EpochCheckpoint(keras.callbacks.Callback):
+    """Writes the epoch's checkpoint unless the epoch went wrong: a non-finite loss on any
+    step (the guard) or non-finite weights after the last update (checked here, since the
+    loss of a step is computed before its update)."""
+
     def __init__(self, folder, keep, guard):
         super().__init__()
         self.folder, self.keep, self.guard = folder, keep, guard
 
     def on_epoch_end(self, epoch, logs=None):
-        if not self.guard.failed:
+        if self.guard.failed:
+            return
+        try:
             save_checkpoint(self.folder, self.model, epoch + 1, keep=self.keep)
+        except RunStopped as stop:
+            self.guard.failed = str(stop)
+            self.model.stop_training = True
 
 
 class StopOnNaN(keras.callbacks.Callback):
@@ -349,9 +413,11 @@ def fit(config, out, data, model, resume=False):
         trainer.fit(train, validation_data=test, epochs=config["epochs"], initial_epoch=initial_epoch,
                     callbacks=callbacks, shuffle=False, verbose=2 if os.environ.get("CI") else 1)
     if guard.failed:
+        kept = (f"The last good checkpoint is kept in {out / 'checkpoints'} (resume with --resume"
+                if (out / "checkpoints" / "latest.json").is_file() else "No good checkpoint was written (start again")
         raise RunStopped(
-            f"Training stopped: {guard.failed}. The last good checkpoint is kept in {out / 'checkpoints'} "
-            "(resume with --resume after lowering the learning rate, e.g. --set optimizer.learning_rate=0.01)."
+            f"Training stopped: {guard.failed}. {kept} after lowering the learning rate, e.g. "
+            "--set optimizer.learning_rate=0.01)."
         )
     metrics = evaluate(model, data, config["batch_size"])
     metrics.update({
@@ -414,6 +480,9 @@ def main(argv=None):
     except RunStopped as err:
         print(f"ERROR: {err}", file=sys.stderr, flush=True)
         return 3
+    except ResumeError as err:
+        print(f"ERROR: {err}", file=sys.stderr, flush=True)
+        return 4
     print(json.dumps(metrics, indent=2))
     print(f"test accuracy: {metrics['test_accuracy']:.4f}")
     return 0

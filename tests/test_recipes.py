@@ -59,15 +59,20 @@ def test_train_writes_logs_checkpoints_and_metrics(tmp_path):
     assert shipped["versions"]["keras"] == keras.__version__ and "command" in shipped
     assert list(json.loads((tmp_path / "weights" / "index.json").read_text())["presets"]) == ["resnet20_cifar.digits_tiny"]
     sub = zoo.data.load_dataset("digits").subset(test=60, seed=0)  # what ship evaluated on
-    model_acc = float(np.mean(to_numpy(zoo.get_model("resnet20_cifar", weights=folder)(sub.normalize(sub.x_test))).argmax(-1) == sub.y_test))
+    model_acc = float(np.mean(to_numpy(zoo.get_model("resnet20_cifar", depth=8, weights=folder)(sub.normalize(sub.x_test))).argmax(-1) == sub.y_test))
     assert model_acc == shipped["evaluation"]["accuracy"]
     with pytest.raises(SystemExit, match="below the catalogue's bar"):
         ship.package(cat, "resnet20_cifar.digits_high", tmp_path, out_dir=tmp_path / "weights")
 
     # fine-tune the run's preset on a 5-class task, trunk frozen: a new head, the trunk as it was
+    # (the run's model is a CIFAR ResNet of depth 8, so it is asked for as one: weights are
+    # checked against the architecture asked for)
+    with pytest.raises(zoo.presets.WeightsArchitectureError, match=r"stage_depths=\[1, 1, 1\].*model_args"):
+        zoo.get_model("resnet20_cifar", weights=tmp_path / "preset")
     assert recipe.main(["finetune", "--weights", str(tmp_path / "preset"), "--freeze-trunk", "--out",
-                        str(tmp_path / "ft"), "--set", *TINY[1:], "epochs=1", "classes=[0,1,2,3,4]"]) == 0
-    tuned = zoo.get_model("resnet20_cifar", weights=tmp_path / "ft" / "preset")
+                        str(tmp_path / "ft"), "--set", 'model_args={"depth": 8}', *TINY[1:], "epochs=1",
+                        "classes=[0,1,2,3,4]"]) == 0
+    tuned = zoo.get_model("resnet20_cifar", depth=8, weights=tmp_path / "ft" / "preset")
     assert tuned.num_classes == 5 and json.loads((tmp_path / "ft" / "metrics.json").read_text())["test_samples"] > 0
     trained = {w.path: to_numpy(w) for w in model.weights}
     for w in tuned.weights:

@@ -17,15 +17,23 @@ A preset folder has the keras-hub layout:
                        weights, keras/backend versions, and the sha256 and size of both files
     LICENSE            where the weights come from elsewhere
 
-Safety. Before anything is built or loaded, both files' sizes and sha256 are checked against
-metadata.json (and metadata.json's own sha256 against the index, for shipped weights). The
+Safety. Every loading path goes through `verify_preset`: before anything is built or loaded,
+metadata.json's sha256 is checked against the index for any folder the index lists (reached by
+name or by path), then every file's size and sha256 against metadata.json; every file name is
+resolved inside the folder first (no `..`, no absolute path, no symlink out). With
+`get_model(arch, weights=...)` the folder's config.json must also be `arch` (its class and
+ARCHITECTURE_ARGUMENTS; the head, input, skip and training arguments may differ). The
 config is only accepted if its class is one of the zoo's registered model classes and its
 arguments are that class's constructor arguments: nothing is imported by name and nothing is
 unpickled (`.weights.h5` is HDF5, JSON is JSON). Weights are loaded into a fresh copy of the
 model and copied over only when every variable matched, so a failed load leaves the model as
 it was. Each failure has its own error class (all subclasses of `WeightsFileError`):
 `TruncatedWeightsError`, `ChecksumMismatchError`, `CorruptedWeightsError`,
-`ArchitectureMismatchError`, `PresetConfigError`.
+`WeightsArchitectureError`, `PresetConfigError`, `WeightsPathError` (a path that names no
+usable file), `WeightsIndexError` (a malformed index.json), `UnsafePresetPathError`.
+
+Writing. `save_preset` moves a fully written, fsynced folder into place in one atomic step
+(renameat2 exchange or no-replace), creating it with the process umask; see its docstring.
 
 Index. Each weights directory (the repository's `weights/`, then the folders of
 $ZOO_WEIGHTS_PATH, separated by os.pathsep) holds preset folders named `arch.tag`; an
@@ -33,20 +41,25 @@ $ZOO_WEIGHTS_PATH, separated by os.pathsep) holds preset folders named `arch.tag
 without an index is scanned.
 """
 
+import ctypes
 import datetime
+import errno
 import fnmatch
+import glob
 import hashlib
 import inspect
 import json
 import os
+import re
+import secrets
 import shutil
-import tempfile
+import warnings
 from pathlib import Path
 
 import keras
 import numpy as np
 
-from zoo.convert.checkpoint import CheckpointError
+from zoo.convert.checkpoint import CheckpointError, UnsafePathError, resolve_inside
 from zoo.convert.mapping import ArchitectureMismatchError
 from zoo.errors import UnknownNameError
 
@@ -76,6 +89,19 @@ class CorruptedWeightsError(WeightsFileError):
 
 class PresetConfigError(WeightsFileError):
     """config.json or metadata.json names a class or argument the zoo does not allow."""
+
+
+class WeightsPathError(WeightsFileError):
+    """The weights path names no usable file: it does not exist, is a dangling symlink or a
+    symlink loop, or is not a regular file (a device, a pipe)."""
+
+
+class WeightsIndexError(WeightsFileError):
+    """A weights directory's index.json is malformed (an entry without its folder or checksum)."""
+
+
+class UnsafePresetPathError(UnsafePathError, WeightsFileError):
+    """A preset or an index names a file outside its folder (absolute, `..`, or a symlink out)."""
 
 
 # Wrong-architecture errors share the importers' class (and are WeightsFileErrors too).
@@ -191,31 +217,97 @@ def load_weights(model, source):
 
 def _weights_file(source):
     """A .weights.h5 path from a file, a verified preset folder or a registered name."""
-    path = Path(str(source))
+    kind, path, meta_sha = locate_weights(source)
+    return path if kind == "file" else verify_preset(path, meta_sha)["weights"]
+
+
+def _path_problem(path):
+    """Why an existing path that is neither a file nor a folder cannot be read, or None."""
+    if not os.path.lexists(path) or path.is_file() or path.is_dir():
+        return None
+    if path.is_symlink():
+        try:
+            path.resolve(strict=True)
+        except RuntimeError:  # Python 3.11 reports a loop this way
+            return "is a symlink loop"
+        except OSError as e:
+            if e.errno == errno.ELOOP:
+                return "is a symlink loop"
+            return f"is a symlink to {os.readlink(path)!r}, which does not exist"
+        return "is a symlink loop"
+    return "is not a regular file (a device, a pipe or a socket)"
+
+
+def locate_weights(source, arch=None):
+    """Where weights `source` lives: ("file", path, None) for a `.weights.h5` file, or
+    ("preset", folder, sha256 of its metadata.json from the index, or None) for a preset folder
+    or a registered name (`arch.tag`, or `tag` when `arch` is given).
+
+    A source that is a path but names no usable file says so (WeightsPathError); an unknown name
+    lists the closest registered ones (UnknownNameError).
+    """
+    if isinstance(source, os.PathLike):
+        text, is_path = os.fspath(source), True
+    elif isinstance(source, str):
+        text, is_path = source, False
+    else:
+        raise TypeError(
+            f"Received weights={source!r} of type {type(source).__name__}; expected a registered 'arch.tag', "
+            "a preset folder or a '.weights.h5' file (a str or a path)."
+        )
+    path = Path(text)
+    if path.is_dir():
+        return "preset", path, indexed_metadata_sha256(path)
     if path.is_file():
         if not path.name.endswith(".weights.h5"):
-            raise WeightsFileError(f"Received {str(path)!r}; expected a Keras '.weights.h5' file or a preset folder.")
-        return path
-    folder = path if path.is_dir() else preset_folder(str(source))
-    return verify_preset(folder)["weights"]
+            raise WeightsFileError(f"Received {text!r}; expected a Keras '.weights.h5' file or a preset folder.")
+        return "file", path, None
+    problem = _path_problem(path)
+    if problem:
+        raise WeightsPathError(f"Weights path {text!r} {problem}; expected a '.weights.h5' file or a preset folder.")
+    index = weights_index() if not is_path else {}
+    for name in (text, f"{arch}.{text}" if arch else None):
+        if name in index:
+            folder, meta_sha = index[name]
+            return "preset", folder, meta_sha
+    if is_path or os.sep in text or (os.altsep and os.altsep in text) or text.endswith((".h5", ".keras", ".json")):
+        registered = ", ".join(sorted(weights_index())) or "none are registered"
+        hint = _interrupted_hint(path) or (
+            f" Expected a '.weights.h5' file, a preset folder or a registered 'arch.tag' ({registered})."
+        )
+        raise WeightsPathError(f"Weights path {text!r}: no such file or directory.{hint}")
+    if arch is None:
+        raise UnknownNameError("pretrained weights", text, weights_index())
+    tags = [n.split(".", 1)[1] for n in index if n.split(".", 1)[0] == arch]
+    if not tags:
+        raise UnknownNameError(f"weights of {arch!r} (it has no shipped weights; pretrained: {', '.join(sorted(index))})", text, [])
+    raise UnknownNameError(f"weights tag of {arch!r}", text, tags)
 
 
 # === Preset folders ===
 def save_preset(model, folder, metadata=None, overwrite=False, extra_files=None):
     """Write `model` as a preset folder (config.json, model.weights.h5, metadata.json).
 
-    The folder is written beside its destination and renamed into place, so a crash leaves
-    either the old folder or the new one, never a half-written one. `metadata` adds entries
-    (arch: the registered name it loads under, default `model.name`; dataset, accuracy,
-    preprocessing, command, ...); sizes, sha256 and versions are filled in.
+    The folder is written beside its destination and moved into place in one atomic step, so a
+    crash at any point leaves either the old folder or the new one at the destination:
+    `overwrite=True` exchanges the two folders (Linux renameat2 RENAME_EXCHANGE); without it the
+    move refuses a destination that appeared meanwhile (RENAME_NOREPLACE), so of two processes
+    saving to the same new folder exactly one succeeds and the other raises FileExistsError.
+    Where renameat2 is missing the old folder is first moved to `.NAME.old`, and a call
+    interrupted between the two moves is repaired by the next `save_preset` to that folder.
+    The folder is created with the process umask, as `mkdir` would.
+
+    `metadata` adds entries (arch: the registered name it loads under, default `model.name`;
+    dataset, accuracy, preprocessing, command, ...); sizes, sha256 and versions are filled in.
     `extra_files` ({name: source path}, e.g. a LICENSE) are copied in and checksummed too.
     """
     folder = Path(folder)
+    recover_interrupted_save(folder)
     if folder.exists() and not overwrite:
         raise FileExistsError(f"Preset folder {str(folder)!r} exists; pass overwrite=True to replace it.")
     _model_class_key(model)  # only zoo model classes can be loaded back
     folder.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
+    tmp = _new_temp_dir(folder)
     try:
         config = keras.saving.serialize_keras_object(model)
         (tmp / CONFIG_FILE).write_text(json.dumps(config, indent=1))
@@ -242,17 +334,126 @@ def save_preset(model, folder, metadata=None, overwrite=False, extra_files=None)
         for f in tmp.iterdir():
             with open(f, "rb") as fh:
                 os.fsync(fh.fileno())
-        if folder.exists():
-            old = folder.with_name(f".{folder.name}.old")
-            shutil.rmtree(old, ignore_errors=True)
-            os.replace(folder, old)
-            os.replace(tmp, folder)
-            shutil.rmtree(old)
-        else:
-            os.replace(tmp, folder)
+        _fsync_dir(tmp)
+        _publish(tmp, folder, overwrite)
+        _fsync_dir(folder.parent)
     finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+        shutil.rmtree(tmp, ignore_errors=True)  # the new folder's leftovers, or the old folder after an exchange
     return folder
+
+
+# --- Atomic directory moves ---
+_AT_FDCWD, _RENAME_NOREPLACE, _RENAME_EXCHANGE = -100, 1, 2
+
+
+def _renameat2(src, dst, flags):
+    """Linux renameat2(2). Returns False where the call or the flag is unsupported (another OS,
+    an old libc or kernel, a filesystem without it); raises OSError for any other failure."""
+    try:
+        call = ctypes.CDLL(None, use_errno=True).renameat2
+    except (AttributeError, OSError):
+        return False
+    if call(_AT_FDCWD, os.fsencode(src), _AT_FDCWD, os.fsencode(dst), flags) == 0:
+        return True
+    err = ctypes.get_errno()
+    if err in (errno.ENOSYS, errno.EINVAL, errno.ENOTSUP, errno.EOPNOTSUPP):
+        return False
+    raise OSError(err, os.strerror(err), str(dst))
+
+
+def _publish(tmp, folder, overwrite):
+    """Move the written folder `tmp` to `folder` in one step (see save_preset)."""
+    if not overwrite or not folder.exists():
+        try:
+            if not _renameat2(tmp, folder, _RENAME_NOREPLACE):
+                if folder.exists():  # no atomic no-replace here: refuse what we can see
+                    raise FileExistsError(errno.EEXIST, "exists", str(folder))
+                os.rename(tmp, folder)  # and a non-empty folder that appears meanwhile still makes this fail
+        except OSError as e:
+            if e.errno not in (errno.EEXIST, errno.ENOTEMPTY):
+                raise
+            if overwrite:  # created meanwhile by someone else: replace it as asked
+                return _publish(tmp, folder, overwrite)
+            raise FileExistsError(
+                f"Preset folder {str(folder)!r} was created by another process while this one was writing; "
+                "it is left as that process wrote it. Pass overwrite=True to replace it."
+            ) from None
+        return
+    if _renameat2(tmp, folder, _RENAME_EXCHANGE):
+        return  # `tmp` now holds the old folder; the caller removes it
+    old = _old_copy(folder)
+    shutil.rmtree(old, ignore_errors=True)
+    os.rename(folder, old)  # killed here, the next save_preset puts `old` back
+    os.rename(tmp, folder)
+    shutil.rmtree(old)
+
+
+def _old_copy(folder):
+    return folder.with_name(f".{folder.name}.old")
+
+
+def _interrupted_hint(folder):
+    old = _old_copy(Path(folder))
+    if not old.is_dir():
+        return ""
+    return (f" An interrupted save_preset left the previous preset in {str(old)!r}; the next "
+            "zoo.save_preset to this folder puts it back.")
+
+
+def _new_temp_dir(folder):
+    """An empty folder beside `folder`, made with os.mkdir (so the umask applies, unlike mkdtemp)."""
+    while True:
+        tmp = folder.with_name(f".{folder.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
+        try:
+            os.mkdir(tmp)
+            return tmp
+        except FileExistsError:
+            continue
+
+
+def _fsync_dir(path):
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def _pid_alive(pid):
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:
+        return True
+    return True
+
+
+def recover_interrupted_save(folder):
+    """Repair what a killed save_preset can leave beside `folder`: the previous preset moved to
+    `.NAME.old` with nothing at the destination is put back; temporary folders of processes
+    that no longer run are removed. Returns True when a preset was put back."""
+    folder = Path(folder)
+    if not folder.parent.is_dir():
+        return False
+    for tmp in folder.parent.glob(f".{glob.escape(folder.name)}.*.tmp"):
+        pid = tmp.name[len(folder.name) + 2 :].split(".", 1)[0]
+        if pid.isdigit() and not _pid_alive(int(pid)):
+            shutil.rmtree(tmp, ignore_errors=True)
+    old = _old_copy(folder)
+    if not old.is_dir():
+        return False
+    if folder.exists():  # killed after the second move: the old copy is garbage
+        shutil.rmtree(old, ignore_errors=True)
+        return False
+    os.rename(old, folder)
+    warnings.warn(f"Put back preset {str(folder)!r} from {old.name}, left by an interrupted save_preset.", stacklevel=3)
+    return True
 
 
 def _versions():
@@ -262,27 +463,48 @@ def _versions():
 
 
 def read_metadata(folder):
-    return _read_json(Path(folder) / METADATA_FILE, "Preset metadata")
+    return _read_json(resolve_inside(folder, METADATA_FILE, "Preset metadata", UnsafePresetPathError), "Preset metadata")
 
 
-def verify_preset(folder, metadata_sha256=None):
-    """Check a preset folder's files against metadata.json; returns paths and parsed JSON."""
+def indexed_metadata_sha256(folder):
+    """The index's sha256 of `folder`'s metadata.json when the folder is a registered preset
+    (reached by its name or by its path), else None."""
+    real = Path(folder).resolve()
+    for indexed, meta_sha in weights_index().values():
+        if indexed.resolve() == real:
+            return meta_sha
+    return None
+
+
+def verify_preset(folder, metadata_sha256=None, check_index=True):
+    """The one check every loading path goes through; returns paths and parsed JSON.
+
+    metadata.json is checked against the index (`metadata_sha256`, looked up when not given,
+    for any folder the index lists), then every file it lists against its recorded size and
+    sha256. Every name is resolved inside the folder first: nothing outside it is opened.
+    `check_index=False` skips the index (only `write_index`, which is rewriting it, does that).
+    """
     folder = Path(folder)
     if not folder.is_dir():
-        raise WeightsFileError(f"Preset folder {str(folder)!r} does not exist.")
+        raise WeightsFileError(f"Preset folder {str(folder)!r} does not exist.{_interrupted_hint(folder)}")
+    if metadata_sha256 is None and check_index:
+        metadata_sha256 = indexed_metadata_sha256(folder)
+    meta_path = resolve_inside(folder, METADATA_FILE, "Preset metadata", UnsafePresetPathError)
     if metadata_sha256 is not None:
-        verify_file(folder / METADATA_FILE, metadata_sha256)
+        verify_file(meta_path, metadata_sha256)
     meta = read_metadata(folder)
     sums, sizes = meta.get("sha256"), meta.get("bytes", {})
     if not isinstance(sums, dict) or not all(n in sums for n in (CONFIG_FILE, WEIGHTS_FILE)):
         raise PresetConfigError(
-            f"{str(folder / METADATA_FILE)!r} has no sha256 of {CONFIG_FILE} and {WEIGHTS_FILE}; "
+            f"{str(meta_path)!r} has no sha256 of {CONFIG_FILE} and {WEIGHTS_FILE}; "
             "a preset is only loaded after its checksums are verified (write it with zoo.save_preset)."
         )
+    if not isinstance(sizes, dict):
+        raise PresetConfigError(f"{str(meta_path)!r}: 'bytes' must be an object {{file name: size}}.")
     for n in sums:
-        if Path(n).name != n:
-            raise PresetConfigError(f"{str(folder / METADATA_FILE)!r} lists {n!r}; preset files are plain names inside the folder.")
-        verify_file(folder / n, sums[n], sizes.get(n))
+        if not isinstance(n, str) or Path(n).name != n or n in (".", ".."):
+            raise PresetConfigError(f"{str(meta_path)!r} lists {n!r}; preset files are plain names inside the folder.")
+        verify_file(resolve_inside(folder, n, "Preset file", UnsafePresetPathError), sums[n], sizes.get(n))
     return {"folder": folder, "metadata": meta, "config": _read_json(folder / CONFIG_FILE, "Preset config"),
             "weights": folder / WEIGHTS_FILE}
 
@@ -312,14 +534,15 @@ def _model_class_key(model):
     return key
 
 
-def model_from_config(config, overrides=None, source="config"):
-    """Build a model from a serialized config, accepting only registered zoo classes and
-    their constructor arguments (no import by name, no code)."""
+def _config_class(config, source="config"):
+    """The registered zoo class a serialized config names, and its arguments, both checked
+    (no import by name, no code, no argument the constructor does not take)."""
     classes = _model_classes()
-    key = config.get("registered_name")
+    key = config.get("registered_name") if isinstance(config, dict) else None
     if key not in classes or config.get("class_name") != key.split(">", 1)[1]:
+        named = (config.get("registered_name") or config.get("class_name")) if isinstance(config, dict) else config
         raise PresetConfigError(
-            f"{source} names class {config.get('registered_name') or config.get('class_name')!r}, which is not "
+            f"{source} names class {named!r}, which is not "
             f"a zoo model class; allowed: {', '.join(sorted(classes))}. Nothing was imported."
         )
     cls = classes[key]
@@ -330,6 +553,13 @@ def model_from_config(config, overrides=None, source="config"):
     unknown = sorted(set(args) - allowed)
     if unknown:
         raise PresetConfigError(f"{source}: {unknown} are not arguments of {cls.__name__}; allowed: {sorted(allowed)}.")
+    return cls, args
+
+
+def model_from_config(config, overrides=None, source="config"):
+    """Build a model from a serialized config, accepting only registered zoo classes and
+    their constructor arguments (no import by name, no code)."""
+    cls, args = _config_class(config, source)
     try:
         return cls.from_config({**args, **(overrides or {})})
     except (TypeError, ValueError) as e:
@@ -342,12 +572,34 @@ def weights_dirs():
     return [d for d in [REPO_WEIGHTS, *extra] if d.is_dir()]
 
 
+_SHA256 = re.compile(r"[0-9a-f]{64}")
+
+
 def _index_of(directory):
     index_path = directory / INDEX_FILE
-    if index_path.is_file():
-        index = _read_json(index_path, "Weights index")
-        return {name: (directory / e["folder"], e.get("metadata_sha256")) for name, e in index.get("presets", {}).items()}
-    return {p.name: (p, None) for p in sorted(directory.iterdir()) if (p / METADATA_FILE).is_file() and "." in p.name}
+    if not index_path.is_file():
+        return {p.name: (p, None) for p in sorted(directory.iterdir()) if (p / METADATA_FILE).is_file() and "." in p.name}
+    index = _read_json(index_path, "Weights index")
+    entries = index.get("presets")
+    fix = f"rewrite it with zoo.presets.write_index({str(directory)!r})"
+    if not isinstance(entries, dict):
+        raise WeightsIndexError(f"Weights index {str(index_path)!r} has no 'presets' object {{name: entry}}; {fix}.")
+    out = {}
+    for name, entry in entries.items():
+        if not isinstance(entry, dict) or not isinstance(entry.get("folder"), str):
+            raise WeightsIndexError(
+                f"Weights index {str(index_path)!r}: entry {name!r} has no 'folder' (the name of its preset "
+                f"folder in {str(directory)!r}); {fix}."
+            )
+        meta_sha = entry.get("metadata_sha256")
+        if not (isinstance(meta_sha, str) and _SHA256.fullmatch(meta_sha)):
+            raise WeightsIndexError(
+                f"Weights index {str(index_path)!r}: entry {name!r} has metadata_sha256={meta_sha!r}, not a sha256 "
+                f"(64 hex digits); an indexed preset is only loaded after its metadata is verified; {fix}."
+            )
+        folder = resolve_inside(directory, entry["folder"], f"Preset folder of index entry {name!r}", UnsafePresetPathError)
+        out[name] = (folder, meta_sha)
+    return out
 
 
 def weights_index():
@@ -364,21 +616,18 @@ def list_pretrained(pattern="*"):
 
 
 def preset_folder(name):
-    index = weights_index()
-    if name not in index:
-        raise UnknownNameError("pretrained weights", name, index)
-    return index[name][0]
+    kind, folder, _ = locate_weights(name)
+    if kind != "preset":
+        raise WeightsFileError(f"{str(folder)!r} is a weights file, not a preset folder.")
+    return folder
 
 
 def get_preset_metadata(name_or_folder):
-    """metadata.json of a registered `arch.tag` or a preset folder (verified against the index)."""
-    path = Path(name_or_folder)
-    if path.is_dir():
-        return read_metadata(path)
-    folder, meta_sha = weights_index().get(name_or_folder, (preset_folder(name_or_folder), None))
-    if meta_sha:
-        verify_file(folder / METADATA_FILE, meta_sha)
-    return read_metadata(folder)
+    """metadata.json of a registered `arch.tag` or a preset folder, verified as for loading."""
+    kind, path, meta_sha = locate_weights(name_or_folder)
+    if kind != "preset":
+        raise WeightsFileError(f"{str(path)!r} is a weights file; metadata belongs to a preset folder or an 'arch.tag'.")
+    return verify_preset(path, meta_sha)["metadata"]
 
 
 def write_index(directory=REPO_WEIGHTS):
@@ -387,7 +636,7 @@ def write_index(directory=REPO_WEIGHTS):
     directory = Path(directory)
     presets = {}
     for folder in sorted(p for p in directory.iterdir() if (p / METADATA_FILE).is_file()):
-        meta = verify_preset(folder)["metadata"]
+        meta = verify_preset(folder, check_index=False)["metadata"]
         presets[folder.name] = {
             "folder": folder.name,
             "arch": meta.get("arch"),
@@ -405,23 +654,8 @@ def write_index(directory=REPO_WEIGHTS):
 # === Resolving get_model(..., weights=...) ===
 def resolve_weights(arch, weights):
     """`weights` (a tag, an arch.tag, a preset folder or a .weights.h5 file) -> ("preset", folder,
-    metadata sha or None) or ("file", path)."""
-    path = Path(str(weights))
-    if path.is_dir():
-        return "preset", path, None
-    if path.is_file() or str(weights).endswith(".h5"):
-        if not path.is_file():
-            raise WeightsFileError(f"Weights file {str(path)!r} does not exist.")
-        return "file", path, None
-    index = weights_index()
-    name = str(weights) if str(weights) in index else f"{arch}.{weights}"
-    if name not in index:
-        tags = [n.split(".", 1)[1] for n in index if n.split(".", 1)[0] == arch]
-        if not tags:
-            raise UnknownNameError(f"weights of {arch!r} (it has no shipped weights; pretrained: {', '.join(sorted(index))})", weights, [])
-        raise UnknownNameError(f"weights tag of {arch!r}", weights, tags)
-    folder, meta_sha = index[name]
-    return "preset", folder, meta_sha
+    metadata sha or None) or ("file", path, None); see `locate_weights`."""
+    return locate_weights(weights, arch)
 
 
 def load_preset(arch, folder, overrides=None, metadata_sha256=None):
@@ -436,9 +670,18 @@ def load_preset(arch, folder, overrides=None, metadata_sha256=None):
             f"Preset {str(folder)!r} holds {meta.get('arch')!r} weights; model {arch!r} was asked for. "
             f"Use get_model({meta.get('arch')!r}, weights=...) or another preset."
         )
+    overrides = dict(overrides or {})
+    if arch is not None:
+        # builder arguments that are not the class's (a CIFAR ResNet's `depth`) say which
+        # architecture is asked for; they are checked here and not passed on
+        from zoo.registry import get_model_entry
+
+        builder = get_model_entry(arch).builder_arguments(overrides)
+        overrides = {k: v for k, v in overrides.items() if k not in builder}
+        check_architecture(arch, config, source=str(Path(folder) / CONFIG_FILE), builder_arguments=builder,
+                           trained_with=(meta.get("recipe_config") or {}).get("model_args"))
     source = model_from_config(config, source=str(Path(folder) / CONFIG_FILE))
     load_weights(source, checked["weights"])
-    overrides = dict(overrides or {})
     skip = {k: overrides.pop(k) for k in ("skip", "skip_options") if k in overrides}
     model = source
     if overrides:
@@ -461,6 +704,41 @@ def load_preset(arch, folder, overrides=None, metadata_sha256=None):
         if new_skip != cfg["skip"] or _differs(new_opts or {}, cfg["skip_options"] or {}):
             model = swap_skip(model, new_skip, new_opts)
     return model
+
+
+def check_architecture(arch, config, source="config", builder_arguments=None, trained_with=None):
+    """Refuse a serialized model config that is not registered model `arch` (built with
+    `builder_arguments`, e.g. {"depth": 8} for a CIFAR ResNet): another class, or other values
+    of what the name fixes (the class's ARCHITECTURE_ARGUMENTS, e.g. a ResNet's stage depths).
+    The head, input, skip and training arguments may differ."""
+    from zoo.registry import get_model_entry
+
+    entry = get_model_entry(arch)
+    cls = entry.model_class()
+    stored, args = _config_class(config, source)
+    if stored is not cls:
+        raise WeightsArchitectureError(
+            f"{source} holds a {stored.__name__}; model {arch!r} is a {cls.__name__}. "
+            "Load it under the architecture it was saved from."
+        )
+    try:
+        expected = entry.class_arguments(**(builder_arguments or {}))
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"Received {builder_arguments} for {arch!r} with weights: {e}") from None
+    signature = inspect.signature(cls.__init__).parameters
+    differ = []
+    for key in getattr(cls, "ARCHITECTURE_ARGUMENTS", ()):
+        want = expected[key] if key in expected else signature[key].default
+        if _differs(args.get(key), want):
+            differ.append(f"{key}={args.get(key)!r} where {arch!r} has {want!r}")
+    if differ:
+        asked = f"{arch!r}" + (f" with {builder_arguments}" if builder_arguments else "")
+        hint = f" Its recipe built it with model_args {trained_with}." if trained_with else ""
+        raise WeightsArchitectureError(
+            f"{source} is not a {asked}: {'; '.join(differ)}. Ask for the architecture the weights were "
+            f"trained as (e.g. get_model({arch!r}, depth=..., weights=...) for a model built with another "
+            f"depth); only num_classes, the input, the skip and training arguments may differ.{hint}"
+        )
 
 
 def _differs(a, b):

@@ -30,6 +30,29 @@ class ModelEntry:
             builder = getattr(builder, "forwards_to", None)
         return list(dict.fromkeys(names))
 
+    def model_class(self):
+        """The model class the builder ends in (a class, or a factory's `forwards_to`)."""
+        builder = self.builder
+        while builder is not None and not isinstance(builder, type):
+            builder = getattr(builder, "forwards_to", None)
+        return builder
+
+    def builder_arguments(self, kwargs):
+        """The entries of `kwargs` that only the builder takes, not the model class (a CIFAR
+        ResNet's `depth`): with weights they select the architecture to check against."""
+        own = set(inspect.signature(self.model_class().__init__).parameters)
+        return {k: v for k, v in kwargs.items() if k not in own}
+
+    def class_arguments(self, **overrides):
+        """The constructor arguments of `model_class()` that `get_model(name, **overrides)`
+        passes, without building anything: a factory states them through its `arguments`."""
+        kwargs = {**self.defaults, **overrides}
+        builder = self.builder
+        while not isinstance(builder, type):
+            kwargs = builder.arguments(**kwargs)
+            builder = builder.forwards_to
+        return kwargs
+
 
 _MODELS = {}
 

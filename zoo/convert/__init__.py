@@ -14,6 +14,8 @@ from zoo.convert import cifar_resnet, timm_resnet, timm_vit  # noqa: F401  (regi
 from zoo.convert.checkpoint import (
     Checkpoint,
     CheckpointError,
+    SafetensorsHeaderError,
+    UnsafePathError,
     WeightImportError,
     read_checkpoint,
     write_safetensors,

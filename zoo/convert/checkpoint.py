@@ -14,6 +14,7 @@ torch nor the safetensors package, and every inconsistency gets its own message.
 """
 
 import json
+import os
 import struct
 from pathlib import Path
 
@@ -26,6 +27,47 @@ class WeightImportError(ValueError):
 
 class CheckpointError(WeightImportError):
     """A checkpoint file or shard is missing, truncated, corrupted or inconsistent."""
+
+
+class SafetensorsHeaderError(CheckpointError):
+    """A safetensors header entry is malformed: unknown dtype, a shape that is not a list of
+    non-negative integers, offsets that do not match it, or a `__metadata__` that is not a
+    {str: str} object."""
+
+
+class UnsafePathError(CheckpointError):
+    """A checkpoint index or preset names a file outside its own folder: an absolute path, a
+    `..` component, or a symlink that resolves elsewhere. Nothing outside was opened."""
+
+
+def resolve_inside(folder, name, what="file", error=UnsafePathError):
+    """`folder / name`, refused unless it stays inside `folder` once resolved.
+
+    `name` must be a relative path without `..` parts, and the file it designates (symlinks
+    followed) must lie inside `folder`. Checked before anything is opened.
+    """
+    folder = Path(folder)
+    if not isinstance(name, str) or not name or "\x00" in name:
+        raise error(f"{what} {name!r} named in {str(folder)!r} is not a file name.")
+    relative = Path(name)
+    if relative.is_absolute() or os.path.isabs(name) or relative.drive:
+        raise error(
+            f"{what} {name!r} named in {str(folder)!r} is an absolute path; only files inside that folder "
+            "are read (name them relative to it). Nothing was opened."
+        )
+    if ".." in relative.parts:
+        raise error(
+            f"{what} {name!r} named in {str(folder)!r} climbs out of it with '..'; only files inside that "
+            "folder are read. Nothing was opened."
+        )
+    root = folder.resolve()
+    target = (folder / relative).resolve()
+    if target != root and root not in target.parents:
+        raise error(
+            f"{what} {name!r} in {str(folder)!r} is a symlink to {str(target)!r}, outside the folder; "
+            "only files inside it are read. Nothing was opened."
+        )
+    return folder / relative
 
 
 class Checkpoint(dict):
@@ -78,22 +120,17 @@ def read_safetensors(path):
             raise ValueError("the header is not a JSON object")
     except (UnicodeDecodeError, ValueError) as e:
         raise CheckpointError(f"{str(path)!r} is corrupted: its safetensors header is not valid JSON ({e}).") from None
-    metadata = header.pop("__metadata__", None) or {}
+    metadata = header.pop("__metadata__", None)
+    if metadata is None:
+        metadata = {}
+    if not isinstance(metadata, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in metadata.items()):
+        raise SafetensorsHeaderError(
+            f"{str(path)!r} is corrupted: its '__metadata__' must be an object of string values, found {metadata!r:.200}."
+        )
     body = memoryview(data)[8 + header_len :]
     tensors = {}
     for name, info in header.items():
-        try:
-            dtype = SAFETENSORS_DTYPES[info["dtype"]]
-            shape = tuple(int(d) for d in info["shape"])
-            begin, end = (int(o) for o in info["data_offsets"])
-        except (KeyError, TypeError, ValueError):
-            raise CheckpointError(f"{str(path)!r} is corrupted: bad header entry for tensor {name!r}: {info!r}.") from None
-        expected = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
-        if not 0 <= begin <= end or end - begin != expected:
-            raise CheckpointError(
-                f"{str(path)!r} is corrupted: tensor {name!r} of dtype {info['dtype']} and shape {shape} "
-                f"needs {expected} bytes, its offsets give {end - begin}."
-            )
+        dtype, shape, begin, end = _header_entry(path, name, info)
         if end > len(body):
             raise CheckpointError(
                 f"{str(path)!r} is truncated: tensor {name!r} ends at byte {end} of the data, "
@@ -106,6 +143,34 @@ def read_safetensors(path):
     return Checkpoint(tensors, metadata, [path])
 
 
+def _is_int(value):
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _header_entry(path, name, info):
+    """(dtype, shape, begin, end) of one header entry, or SafetensorsHeaderError naming it."""
+    def bad(why):
+        return SafetensorsHeaderError(f"{str(path)!r} is corrupted: tensor {name!r} {why} (entry: {info!r:.200}).")
+
+    if not isinstance(info, dict):
+        raise bad("has a header entry that is not an object")
+    if info.get("dtype") not in SAFETENSORS_DTYPES:
+        raise bad(f"has dtype {info.get('dtype')!r}; known dtypes: {', '.join(SAFETENSORS_DTYPES)}")
+    shape, offsets = info.get("shape"), info.get("data_offsets")
+    if not isinstance(shape, list) or not all(_is_int(d) and d >= 0 for d in shape):
+        raise bad("has a shape that is not a list of non-negative integers")
+    if not isinstance(offsets, list) or len(offsets) != 2 or not all(_is_int(o) for o in offsets):
+        raise bad("has data_offsets that are not two integers")
+    dtype = SAFETENSORS_DTYPES[info["dtype"]]
+    begin, end = offsets
+    expected = dtype.itemsize
+    for d in shape:  # Python integers: no overflow, however large the shape claims to be
+        expected *= d
+    if not 0 <= begin <= end or end - begin != expected:
+        raise bad(f"of dtype {info['dtype']} and shape {tuple(shape)} needs {expected} bytes, its offsets give {end - begin}")
+    return dtype, tuple(shape), begin, end
+
+
 def read_sharded_safetensors(index_path):
     """A `*.safetensors.index.json` ({"weight_map": {name: shard file}}) and its shards."""
     index_path = Path(index_path)
@@ -114,7 +179,7 @@ def read_sharded_safetensors(index_path):
     try:
         index = json.loads(index_path.read_text())
         weight_map = index["weight_map"]
-        if not isinstance(weight_map, dict):
+        if not isinstance(weight_map, dict) or not isinstance(index.get("metadata") or {}, dict):
             raise TypeError
     except (ValueError, KeyError, TypeError, UnicodeDecodeError):
         raise CheckpointError(
@@ -122,8 +187,9 @@ def read_sharded_safetensors(index_path):
             "'weight_map' {tensor name: shard file}."
         ) from None
     shards = list(dict.fromkeys(weight_map.values()))
+    paths = {shard: resolve_inside(index_path.parent, shard, f"Shard listed in {index_path.name}") for shard in shards}
     for shard in shards:
-        if not (index_path.parent / shard).is_file():
+        if not paths[shard].is_file():
             names = [k for k, v in weight_map.items() if v == shard]
             raise CheckpointError(
                 f"Shard {shard!r} listed in {str(index_path)!r} (for {len(names)} tensors, e.g. "
@@ -131,7 +197,7 @@ def read_sharded_safetensors(index_path):
             )
     merged = Checkpoint(metadata=index.get("metadata"), files=[index_path])
     for shard in shards:
-        part = read_safetensors(index_path.parent / shard)
+        part = read_safetensors(paths[shard])
         for name, file in weight_map.items():
             if file == shard and name not in part:
                 raise CheckpointError(f"Shard {shard!r} lacks tensor {name!r}, which {str(index_path)!r} places in it.")

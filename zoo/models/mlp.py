@@ -132,6 +132,9 @@ class ResidualMLP(keras.Model):
     Call: inputs (B, *input_shape) -> logits (B, num_classes).
     """
 
+    # What the registered name fixes: a preset of this name must have these (zoo.presets checks it).
+    ARCHITECTURE_ARGUMENTS = ("depth", "width")
+
     def __init__(
         self,
         depth=8,
@@ -241,11 +244,16 @@ class ResidualMLP(keras.Model):
 
 def fmnist_residual_mlp(depth=8, **kwargs):
     """A residual MLP for 28x28 Fashion-MNIST images, named after its depth."""
+    return ResidualMLP(**fmnist_residual_mlp_arguments(depth, **kwargs))
+
+
+def fmnist_residual_mlp_arguments(depth=8, **kwargs):
+    """The `ResidualMLP` arguments of `fmnist_residual_mlp(depth, **kwargs)`."""
     kwargs.setdefault("name", f"resmlp_fmnist_d{depth}")
-    return ResidualMLP(depth=depth, **kwargs)
+    return dict(depth=depth, **kwargs)
 
 
-fmnist_residual_mlp.forwards_to = ResidualMLP
+fmnist_residual_mlp.forwards_to, fmnist_residual_mlp.arguments = ResidualMLP, fmnist_residual_mlp_arguments
 
 # === Presets: name -> (builder, defaults) ===
 MLP_PRESETS = {

@@ -54,6 +54,9 @@ class ResNet(keras.Model):
     Call: images (B, H, W, C) -> logits (B, num_classes).
     """
 
+    # What the registered name fixes: a preset of this name must have these (zoo.presets checks it).
+    ARCHITECTURE_ARGUMENTS = ("stage_depths", "stage_widths", "block", "stem")
+
     def __init__(
         self,
         stage_depths=(3, 3, 3),
@@ -214,6 +217,11 @@ def cifar_resnet(depth=20, block=None, **kwargs):
 
     `block=None` picks basic for 6n+2 depths and bottleneck otherwise (164, 1001).
     """
+    return ResNet(**cifar_resnet_arguments(depth, block, **kwargs))
+
+
+def cifar_resnet_arguments(depth=20, block=None, **kwargs):
+    """The `ResNet` arguments of `cifar_resnet(depth, block, **kwargs)`."""
     depth = int(check_range("depth", depth, low=8, integer=True))
     fits = {"basic": (depth - 2) % 6 == 0, "bottleneck": (depth - 2) % 9 == 0}
     if block is None:
@@ -232,7 +240,7 @@ def cifar_resnet(depth=20, block=None, **kwargs):
         )
     n = (depth - 2) // (3 * per_unit)
     kwargs.setdefault("name", f"resnet{depth}_cifar")
-    return ResNet(stage_depths=(n, n, n), stage_widths=(16, 32, 64), block=block, stem="cifar", **kwargs)
+    return dict(stage_depths=(n, n, n), stage_widths=(16, 32, 64), block=block, stem="cifar", **kwargs)
 
 
 IMAGENET_DEPTHS = {
@@ -247,17 +255,22 @@ IMAGENET_DEPTHS = {
 
 def imagenet_resnet(depth=50, **kwargs):
     """ImageNet ResNet-18/34/50/101/152/200 (He et al.; 200 as in the pre-activation paper)."""
+    return ResNet(**imagenet_resnet_arguments(depth, **kwargs))
+
+
+def imagenet_resnet_arguments(depth=50, **kwargs):
+    """The `ResNet` arguments of `imagenet_resnet(depth, **kwargs)`."""
     if depth not in IMAGENET_DEPTHS:
         raise ValueError(f"Received depth={depth!r}; ImageNet ResNets have depth in {sorted(IMAGENET_DEPTHS)}.")
     block, depths = IMAGENET_DEPTHS[depth]
     kwargs.setdefault("name", f"resnet{depth}")
     kwargs.setdefault("num_classes", 1000)
     kwargs.setdefault("input_shape", (224, 224, 3))
-    return ResNet(stage_depths=depths, stage_widths=(64, 128, 256, 512), block=block, stem="imagenet", **kwargs)
+    return dict(stage_depths=depths, stage_widths=(64, 128, 256, 512), block=block, stem="imagenet", **kwargs)
 
 
-cifar_resnet.forwards_to = ResNet
-imagenet_resnet.forwards_to = ResNet
+cifar_resnet.forwards_to = imagenet_resnet.forwards_to = ResNet
+cifar_resnet.arguments, imagenet_resnet.arguments = cifar_resnet_arguments, imagenet_resnet_arguments
 
 # === Presets: name -> (builder, defaults) ===
 RESNET_PRESETS = {

@@ -296,6 +296,9 @@ class ResidualRNN(_SequenceModelContract, keras.Model):
     unit h_t = M(h_{t-1}) + DropPath(F) applied at every time step.
     """
 
+    # What the registered name fixes: a preset of this name must have these (zoo.presets checks it).
+    ARCHITECTURE_ARGUMENTS = ("units", "num_layers")
+
     def __init__(
         self,
         units=64,
@@ -411,6 +414,9 @@ class ResidualStackedRNN(_SequenceModelContract, keras.Model):
         pool: "last" (last time step) or "mean" (mean over time).
         num_classes, input_shape, drop_path_rate, drop_path_granularity: as `ResidualRNN`.
     """
+
+    # What the registered name fixes: a preset of this name must have these (zoo.presets checks it).
+    ARCHITECTURE_ARGUMENTS = ("units", "depth", "cell")
 
     def __init__(
         self,

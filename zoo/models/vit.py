@@ -66,6 +66,9 @@ class ViT(keras.Model):
     Call: images (B, H, W, C) -> logits (B, num_classes).
     """
 
+    # What the registered name fixes: a preset of this name must have these (zoo.presets checks it).
+    ARCHITECTURE_ARGUMENTS = ("patch_size", "embed_dim", "depth", "num_heads", "mlp_ratio")
+
     def __init__(
         self,
         image_size=(224, 224, 3),
@@ -225,12 +228,17 @@ VIT_SIZES = {
 
 def vit_by_size(size="tiny", **kwargs):
     """A ViT of timm's `size` ("tiny", "small", "base", "large"); kwargs go to `ViT`."""
+    return ViT(**vit_by_size_arguments(size, **kwargs))
+
+
+def vit_by_size_arguments(size="tiny", **kwargs):
+    """The `ViT` arguments of `vit_by_size(size, **kwargs)`."""
     check_choice("size", size, tuple(VIT_SIZES))
     embed_dim, depth, num_heads = VIT_SIZES[size]
-    return ViT(**{"embed_dim": embed_dim, "depth": depth, "num_heads": num_heads, **kwargs})
+    return {"embed_dim": embed_dim, "depth": depth, "num_heads": num_heads, **kwargs}
 
 
-vit_by_size.forwards_to = ViT
+vit_by_size.forwards_to, vit_by_size.arguments = ViT, vit_by_size_arguments
 
 _IMAGENET = dict(image_size=(224, 224, 3), patch_size=16, num_classes=1000)
 # Small-image presets stay small (4 blocks of width 192, 3 heads) so that they train on a CPU.
