@@ -24,13 +24,19 @@ def main(argv=None):
     if args.full:
         model.summary()
     trainable = sum(int(np.prod(w.shape)) for w in model.trainable_weights)
-    x = np.zeros((1, *model.image_shape), "float32")
+    # every family: ResNets and ViTs take images, the MLPs flattened images, the RNNs sequences
+    # (a length of None, as the adding problem's, is given 8 steps here)
+    x = np.zeros((1, *(8 if d is None else d for d in model.input_shape[1:])), "float32")
     out = model.predict(x, verbose=0)
-    print(
-        f"[{keras.backend.backend():>10}] {args.model}: skip={model.skip} placement={model.placement} "
-        f"units={len(model.residual_units)} trainable params={trainable:,} "
+    placement = getattr(model, "placement", None)
+    line = (
+        f"[{keras.backend.backend():>10}] {args.model}: skip={model.skip}"
+        + (f" placement={placement}" if placement else "")
+        + f" units={len(model.residual_units)} trainable params={trainable:,} "
         f"all params={model.count_params():,} output={tuple(out.shape)}"
     )
+    print(line)
+    return line
 
 
 if __name__ == "__main__":

@@ -5,6 +5,7 @@ default arguments. `arch.tag` names pick an architecture and, through the tag, w
 weights it carries (the tag part is resolved by the weights index once weights ship).
 """
 
+import contextlib
 import dataclasses
 import fnmatch
 import inspect
@@ -79,13 +80,39 @@ def list_models(pattern="*", family=None, pretrained=False):
 
 
 def get_model_entry(name):
+    if not isinstance(name, str):
+        raise TypeError(f"Received model name {name!r} of type {type(name).__name__}; expected a str (see zoo.list_models()).")
     arch = name.split(".", 1)[0]
     if arch not in _MODELS:
         raise UnknownNameError("model", arch, _MODELS)
     return _MODELS[arch]
 
 
-def get_model(name, weights=None, freeze_trunk=False, **overrides):
+@contextlib.contextmanager
+def _dtype_policy(dtype):
+    """Build under `dtype` (a Keras dtype policy or its name): every layer takes it as it is
+    created, as under keras.config.set_dtype_policy; the previous global policy comes back."""
+    if dtype is None:
+        yield
+        return
+    import keras
+
+    try:
+        policy = keras.dtype_policies.get(dtype)
+    except (ValueError, TypeError) as e:
+        raise ValueError(
+            f"Received dtype={dtype!r}; expected a Keras dtype policy or its name, e.g. 'float32', "
+            f"'mixed_bfloat16', 'mixed_float16', 'bfloat16' ({e})."
+        ) from None
+    previous = keras.config.dtype_policy()
+    keras.config.set_dtype_policy(policy)
+    try:
+        yield
+    finally:
+        keras.config.set_dtype_policy(previous)
+
+
+def get_model(name, weights=None, freeze_trunk=False, dtype=None, **overrides):
     """Build a registered model; keyword arguments override the preset's defaults.
 
     >>> model = zoo.get_model("resnet56_cifar", skip="sparse", skip_options={"k": 4})
@@ -95,10 +122,18 @@ def get_model(name, weights=None, freeze_trunk=False, **overrides):
     With weights, the model is the one stored in the preset folder; `num_classes` (a new head),
     the input channels (an adapted stem), `skip`/`skip_options` (swapped, branches kept) and
     training-only arguments may still be overridden. `freeze_trunk=True` leaves only the head
-    trainable. See zoo.presets for the checks made before anything is loaded.
+    trainable. `dtype` (e.g. "mixed_bfloat16") is the Keras dtype policy every layer is built
+    with; mixed policies keep float32 variables, so weights load as they are. See zoo.presets
+    for the checks made before anything is loaded.
     """
     from zoo import presets
 
+    if not isinstance(name, str):
+        raise TypeError(
+            f"Received name={name!r} of type {type(name).__name__}; get_model takes a registered model name "
+            "(a str such as 'resnet20_cifar', or 'resnet20_cifar.cifar10' with shipped weights; see "
+            "zoo.list_models())."
+        )
     arch, _, tag = name.partition(".")
     entry = get_model_entry(arch)
     allowed = entry.allowed_arguments()
@@ -109,15 +144,16 @@ def get_model(name, weights=None, freeze_trunk=False, **overrides):
         raise ValueError(f"Received {name!r} and weights={weights!r}; give the weights either as the tag or as weights=.")
     if tag:
         weights = name
-    if weights is None:
-        model = entry.builder(**{**entry.defaults, **overrides})
-    else:
-        kind, path, meta_sha = presets.resolve_weights(arch, weights)
-        if kind == "preset":
-            model = presets.load_preset(arch, path, overrides, meta_sha)
-        else:
+    with _dtype_policy(dtype):
+        if weights is None:
             model = entry.builder(**{**entry.defaults, **overrides})
-            presets.load_weights(model, path)
+        else:
+            kind, path, meta_sha = presets.resolve_weights(arch, weights)
+            if kind == "preset":
+                model = presets.load_preset(arch, path, overrides, meta_sha)
+            else:
+                model = entry.builder(**{**entry.defaults, **overrides})
+                presets.load_weights(model, path)
     if freeze_trunk:
         presets.freeze_trunk(model)
     return model

@@ -157,8 +157,8 @@ class SkipMapping(keras.layers.Layer):
         mapped = self.map(x)
         return mapped if branch is None else (mapped, branch)
 
-    def compute_output_shape(self, input_shape, branch_shape=None):
-        return input_shape if branch_shape is None else (input_shape, branch_shape)
+    def compute_output_shape(self, x_shape, branch_shape=None):  # names match call(x, branch)
+        return x_shape if branch_shape is None else (x_shape, branch_shape)
 
     def _channels(self, input_shape):
         channels = input_shape[-1]

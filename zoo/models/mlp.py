@@ -18,6 +18,7 @@ from zoo.errors import check_choice, check_range
 from zoo.layers.drop_path import GRANULARITIES, DropPath, linear_drop_path_rates
 from zoo.layers.residual import BN_EPSILON, BN_MOMENTUM
 from zoo.layers.skip import get_skip_class, make_skip
+from zoo.models.base import InputRankCheck
 from zoo.registry import register_model
 
 NORMS = ("batch", "layer", "none")
@@ -115,7 +116,7 @@ class ResidualMLPUnit(keras.layers.Layer):
 
 
 @keras.saving.register_keras_serializable(package="zoo")
-class ResidualMLP(keras.Model):
+class ResidualMLP(InputRankCheck, keras.Model):
     """A fully-connected ResNet: flatten, Dense stem, `depth` ResidualMLPUnits, linear head.
 
     Args:
@@ -186,6 +187,7 @@ class ResidualMLP(keras.Model):
         features = x
         outputs = layers.Dense(num_classes, name="head")(features) if num_classes else features
         super().__init__(inputs=inputs, outputs=outputs, name=name, **kwargs)
+        self._zoo_input_shape = tuple(inputs.shape)  # InputRankCheck
 
         # === Config ===
         self.depth = depth

@@ -22,13 +22,14 @@ from zoo.layers.residual import (
     conv2d,
 )
 from zoo.layers.skip import get_skip_class
+from zoo.models.base import InputRankCheck
 from zoo.registry import register_model
 
 STEMS = ("cifar", "imagenet")
 
 
 @keras.saving.register_keras_serializable(package="zoo")
-class ResNet(keras.Model):
+class ResNet(InputRankCheck, keras.Model):
     """A residual network whose every unit is y = M(x) + DropPath(F(x)).
 
     Args:
@@ -147,6 +148,7 @@ class ResNet(keras.Model):
         pooled = layers.GlobalAveragePooling2D(name="pool")(features)
         outputs = layers.Dense(num_classes, name="head")(pooled) if num_classes else pooled
         super().__init__(inputs=inputs, outputs=outputs, name=name, **kwargs)
+        self._zoo_input_shape = tuple(inputs.shape)  # InputRankCheck
 
         # === Config ===
         self.stage_depths = stage_depths

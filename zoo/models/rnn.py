@@ -21,6 +21,7 @@ from keras.src.layers.rnn.dropout_rnn_cell import DropoutRNNCell
 from zoo.errors import check_choice, check_range
 from zoo.layers.drop_path import GRANULARITIES, DropPath, linear_drop_path_rates
 from zoo.layers.skip import Conv1x1Skip, DropoutSkip, get_skip_class, make_skip, skip_option_names
+from zoo.models.base import InputRankCheck
 from zoo.registry import register_model
 
 POOLS = ("last", "mean")
@@ -275,7 +276,7 @@ class _SequenceModelContract:
 
 
 @keras.saving.register_keras_serializable(package="zoo")
-class ResidualRNN(_SequenceModelContract, keras.Model):
+class ResidualRNN(InputRankCheck, _SequenceModelContract, keras.Model):
     """Residual recurrence over time: `num_layers` RNN layers of `ResidualRNNCell`s.
 
     Args:
@@ -361,6 +362,7 @@ class ResidualRNN(_SequenceModelContract, keras.Model):
         pooled = SequencePool(pool, name="pool")(x) if pool == "mean" else layers.Identity(name="pool")(x)
         outputs = layers.Dense(num_classes, name="head")(pooled) if num_classes else pooled
         super().__init__(inputs=inputs, outputs=outputs, name=name, **kwargs)
+        self._zoo_input_shape = tuple(inputs.shape)  # InputRankCheck
 
         # === Config ===
         self.units = units
@@ -402,7 +404,7 @@ class ResidualRNN(_SequenceModelContract, keras.Model):
 
 
 @keras.saving.register_keras_serializable(package="zoo")
-class ResidualStackedRNN(_SequenceModelContract, keras.Model):
+class ResidualStackedRNN(InputRankCheck, _SequenceModelContract, keras.Model):
     """Residual recurrence over depth: input_proj, then `depth` units
     y_l = M(y_{l-1}) + DropPath(RNN_l(y_{l-1})) of LSTM or GRU layers, then pool and head.
 
@@ -465,6 +467,7 @@ class ResidualStackedRNN(_SequenceModelContract, keras.Model):
         pooled = SequencePool(pool, name="pool")(x)
         outputs = layers.Dense(num_classes, name="head")(pooled) if num_classes else pooled
         super().__init__(inputs=inputs, outputs=outputs, name=name, **kwargs)
+        self._zoo_input_shape = tuple(inputs.shape)  # InputRankCheck
 
         # === Config ===
         self.units = units

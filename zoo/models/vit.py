@@ -39,13 +39,14 @@ from zoo.layers.transformer import (
     dense,
     layer_norm,
 )
+from zoo.models.base import InputRankCheck
 from zoo.registry import register_model
 
 GLOBAL_POOLS = ("token", "avg")
 
 
 @keras.saving.register_keras_serializable(package="zoo")
-class ViT(keras.Model):
+class ViT(InputRankCheck, keras.Model):
     """A Vision Transformer whose every residual add is y = M(x) + DropPath(F(LN(x))).
 
     Args:
@@ -151,6 +152,7 @@ class ViT(keras.Model):
             pooled = layer_norm("fc_norm")(pooled)
         outputs = dense(num_classes, "head")(pooled) if num_classes else pooled
         super().__init__(inputs=inputs, outputs=outputs, name=name, **kwargs)
+        self._zoo_input_shape = tuple(inputs.shape)  # InputRankCheck
 
         # === Config ===
         self.image_size = image_size

@@ -1,0 +1,71 @@
+"""Bad input is refused clearly and good input works, for every family (issue #14, items 4 and 6
+in part): model names that are not strings, inputs of the wrong rank, dtype policies, skip
+mappings called on a symbolic input, and recipes.summary on every family."""
+
+import keras
+import numpy as np
+import pytest
+from conftest import SKIP_CASES, SKIP_IDS, tiny_resnet, to_numpy
+
+import zoo
+
+
+def small_models():
+    return {
+        "resnet": tiny_resnet(),
+        "vit": zoo.get_model("vit_tiny_patch4_28", depth=1, embed_dim=16, num_heads=2, image_size=(8, 8, 1)),
+        "mlp": zoo.get_model("resmlp_fmnist_d4", depth=2, width=8, input_shape=(8, 8, 1)),
+        "rnn_over_time": zoo.get_model("resrnn_mnist1d", units=8, input_shape=(4, 1)),
+        "rnn_over_depth": zoo.get_model("resgru_mnist1d", units=8, depth=1, input_shape=(4, 1)),
+    }
+
+
+@pytest.mark.parametrize("name", [None, 123, ["resnet20_cifar"]], ids=["none", "int", "list"])
+def test_model_names_that_are_not_strings_are_a_type_error(name):
+    with pytest.raises(TypeError, match="registered model name"):
+        zoo.get_model(name)
+
+
+def test_inputs_of_the_wrong_rank_are_refused_by_every_family():
+    for family, model in small_models().items():
+        shape = tuple(8 if d is None else d for d in model.input_shape[1:])
+        x = np.zeros((2, *shape), "float32")
+        assert to_numpy(model(x)).shape[0] == 2, family
+        with pytest.raises(ValueError, match=r"rank .*add the batch axis"):
+            model(x[0])  # one example without its batch axis (a (40, 1) sequence, a 28x28x1 image)
+        with pytest.raises(ValueError, match=r"Received an input of shape .* takes inputs of rank"):
+            model(x[None])
+
+
+def test_dtype_policy_is_accepted_and_the_global_policy_comes_back():
+    before = keras.config.dtype_policy().name
+    model = zoo.get_model("resnet20_cifar", dtype="mixed_bfloat16", input_shape=(8, 8, 3))
+    assert keras.config.dtype_policy().name == before
+    assert {w.dtype for w in model.weights} == {"float32"}
+    assert model.get_layer("head").compute_dtype == "bfloat16"
+    x = np.random.default_rng(0).normal(size=(2, 8, 8, 3)).astype("float32")
+    assert "bfloat16" in str(model(x).dtype)
+    # shipped weights load into a mixed-precision model and give nearly the float32 logits
+    mixed = zoo.get_model("resnet20_cifar.cifar10", dtype="mixed_bfloat16")
+    exact = zoo.get_model("resnet20_cifar.cifar10")
+    x = np.random.default_rng(1).normal(size=(4, 32, 32, 3)).astype("float32")
+    a, b = to_numpy(exact(x)), to_numpy(mixed(x)).astype("float32")
+    assert np.abs(a - b).max() < 0.1 * np.abs(a).max()
+    with pytest.raises(ValueError, match="dtype='mixed_float64'.*mixed_bfloat16"):
+        zoo.get_model("resnet20_cifar", dtype="mixed_float64")
+    assert keras.config.dtype_policy().name == before
+
+
+@pytest.mark.parametrize("case", SKIP_CASES, ids=SKIP_IDS)
+def test_every_skip_mapping_runs_on_a_symbolic_input(case):
+    _, skip, options = case
+    x = keras.Input((8, 8, 4))
+    assert tuple(zoo.make_skip(skip, options)(x).shape) == (None, 8, 8, 4)
+
+
+def test_summary_runs_for_every_family(capsys):
+    from recipes import summary
+
+    for name in ("resmlp_fmnist_d4", "resrnn_adding"):  # it read ResNet-only attributes
+        line = summary.main([name])
+        assert f"{name}: skip=" in line and "output=(1, " in line, line
