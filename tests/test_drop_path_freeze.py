@@ -163,3 +163,37 @@ def test_inference_is_the_wrapped_model():
     model, trainer = make(keras.optimizers.SGD(0.01))
     x, _ = batch()
     np.testing.assert_array_equal(to_numpy(trainer(x)), to_numpy(model(x)))
+
+
+def test_model_checkpoint_and_backup_and_restore_work_inside_fit(tmp_path):
+    """Keras' own checkpoint callbacks take the trainer as they take any model (#14)."""
+    x, y = batch(n=32)
+    model, trainer = make(keras.optimizers.SGD(0.05, momentum=0.9), run_eagerly=False)
+    callbacks = [
+        keras.callbacks.ModelCheckpoint(str(tmp_path / "last.keras")),
+        keras.callbacks.ModelCheckpoint(str(tmp_path / "last.weights.h5"), save_weights_only=True),
+        keras.callbacks.BackupAndRestore(str(tmp_path / "backup")),
+    ]
+    trainer.fit(x, y, batch_size=16, epochs=2, callbacks=callbacks, verbose=0)
+    loaded = keras.saving.load_model(tmp_path / "last.keras")
+    assert isinstance(loaded, DropPathFreeze) and loaded.seed == 3 and type(loaded.model) is type(model)
+    np.testing.assert_allclose(to_numpy(loaded.model(x)), to_numpy(model(x)), atol=1e-6)
+    _, fresh = make(keras.optimizers.SGD(0.05, momentum=0.9))
+    fresh(x[:2])  # built by its first call, as any Keras model
+    fresh.load_weights(tmp_path / "last.weights.h5")
+    np.testing.assert_allclose(to_numpy(fresh(x)), to_numpy(model(x)), atol=1e-6)
+
+    # BackupAndRestore: a fit interrupted after its first epoch resumes at the second
+    class Interrupt(keras.callbacks.Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            if epoch == 0:
+                raise RuntimeError("interrupted")
+
+    backup = keras.callbacks.BackupAndRestore(str(tmp_path / "backup2"))
+    _, run = make(keras.optimizers.SGD(0.05, momentum=0.9))
+    with pytest.raises(RuntimeError, match="interrupted"):
+        run.fit(x, y, batch_size=16, epochs=2, callbacks=[backup, Interrupt()], verbose=0)
+    _, resumed = make(keras.optimizers.SGD(0.05, momentum=0.9))
+    history = resumed.fit(x, y, batch_size=16, epochs=2, callbacks=[keras.callbacks.BackupAndRestore(str(tmp_path / "backup2"))],
+                          verbose=0)
+    assert history.epoch == [1]

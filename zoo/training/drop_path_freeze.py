@@ -50,7 +50,10 @@ class _DropPathFreezeBase(keras.Model):
         freeze_every: run a B step after every k-th A step; 0 disables B steps.
         seed: seed of the mask generator.
 
-    The wrapper's call is the model's call; save `wrapper.model`, not the wrapper.
+    The wrapper's call is the model's call. It serializes (get_config holds the wrapped model's
+    config), so keras.callbacks.ModelCheckpoint (".keras" or ".weights.h5") and BackupAndRestore
+    work inside `fit`; `keras.saving.load_model` gives back a DropPathFreeze whose `.model` is the
+    trained model. To ship the model alone, save `wrapper.model`.
     """
 
     def __init__(self, model, granularity="batch", freeze_every=1, seed=0, **kwargs):
@@ -84,6 +87,25 @@ class _DropPathFreezeBase(keras.Model):
     @property
     def residual_units(self):
         return self.model.residual_units
+
+    # === Serialization: ModelCheckpoint(".keras") and load_model see a whole trainer ===
+    def get_config(self):
+        return {
+            "name": self.name,
+            "trainable": self.trainable,
+            "model": keras.saving.serialize_keras_object(self.model),
+            "granularity": self.granularity,
+            "freeze_every": self.freeze_every,
+            "seed": self.seed,
+        }
+
+    @classmethod
+    def from_config(cls, config):
+        config = dict(config)
+        model = keras.saving.deserialize_keras_object(config.pop("model"))
+        trainer = cls(model, **config)
+        trainer.built = True  # every variable exists (the wrapped model is built): load_model fills them
+        return trainer
 
     # === Masks and flags (inside the compiled step) ===
     def plan_step(self, batch_size):
@@ -176,6 +198,7 @@ class _DropPathFreezeBase(keras.Model):
 
 if BACKEND == "jax":
 
+    @keras.saving.register_keras_serializable(package="zoo")
     class DropPathFreeze(_DropPathFreezeBase):
         __doc__ = _DropPathFreezeBase.__doc__
 
@@ -205,6 +228,7 @@ if BACKEND == "jax":
 
 else:
 
+    @keras.saving.register_keras_serializable(package="zoo")
     class DropPathFreeze(_DropPathFreezeBase):
         __doc__ = _DropPathFreezeBase.__doc__
 
