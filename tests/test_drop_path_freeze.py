@@ -169,6 +169,7 @@ def test_model_checkpoint_and_backup_and_restore_work_inside_fit(tmp_path):
     """Keras' own checkpoint callbacks take the trainer as they take any model (#14)."""
     x, y = batch(n=32)
     model, trainer = make(keras.optimizers.SGD(0.05, momentum=0.9), run_eagerly=False)
+    trainer(x[:2])  # BackupAndRestore wants a built model, as for any subclassed Keras model
     callbacks = [
         keras.callbacks.ModelCheckpoint(str(tmp_path / "last.keras")),
         keras.callbacks.ModelCheckpoint(str(tmp_path / "last.weights.h5"), save_weights_only=True),
@@ -191,9 +192,11 @@ def test_model_checkpoint_and_backup_and_restore_work_inside_fit(tmp_path):
 
     backup = keras.callbacks.BackupAndRestore(str(tmp_path / "backup2"))
     _, run = make(keras.optimizers.SGD(0.05, momentum=0.9))
+    run(x[:2])
     with pytest.raises(RuntimeError, match="interrupted"):
         run.fit(x, y, batch_size=16, epochs=2, callbacks=[backup, Interrupt()], verbose=0)
     _, resumed = make(keras.optimizers.SGD(0.05, momentum=0.9))
+    resumed(x[:2])
     history = resumed.fit(x, y, batch_size=16, epochs=2, callbacks=[keras.callbacks.BackupAndRestore(str(tmp_path / "backup2"))],
                           verbose=0)
     assert history.epoch == [1]
