@@ -25,6 +25,16 @@ def to_numpy(x):
     return np.asarray(keras.ops.convert_to_numpy(x))
 
 
+def snapshot(model):
+    """Every weight of `model`, copied (to check later that a failed load changed nothing)."""
+    return [np.array(to_numpy(w)) for w in model.weights]
+
+
+def assert_unchanged(model, before):
+    for w, value in zip(model.weights, before):
+        np.testing.assert_array_equal(to_numpy(w), value, err_msg=w.path)
+
+
 def tiny_resnet(**overrides):
     """A two-stage ResNet on 8x8x3 images, small enough to build and train in a second."""
     kwargs = dict(

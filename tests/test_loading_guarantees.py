@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import tiny_resnet, to_numpy
+from conftest import assert_unchanged, snapshot, tiny_resnet, to_numpy
 
 import zoo
 from zoo import presets
@@ -38,15 +38,6 @@ from zoo.presets import (
 
 WEIGHTS = Path(__file__).resolve().parents[1] / "weights"
 SHIPPED = "resnet20_cifar.cifar10"
-
-
-def snapshot(model):
-    return [np.array(to_numpy(w)) for w in model.weights]
-
-
-def assert_unchanged(model, before):
-    for w, value in zip(model.weights, before):
-        np.testing.assert_array_equal(to_numpy(w), value, err_msg=w.path)
 
 
 @pytest.fixture

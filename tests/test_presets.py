@@ -13,7 +13,7 @@ from pathlib import Path
 import keras
 import numpy as np
 import pytest
-from conftest import tiny_resnet, to_numpy
+from conftest import assert_unchanged, snapshot, tiny_resnet, to_numpy
 
 import zoo
 from zoo import presets
@@ -30,15 +30,6 @@ REPO = Path(__file__).resolve().parents[1]
 WEIGHTS = REPO / "weights"
 CIFAR_REF = REPO / "tests" / "data" / "cifar10_resnets" / "reference_logits.npz"
 SHIPPED = presets.list_pretrained()
-
-
-def snapshot(model):
-    return [np.array(to_numpy(w)) for w in model.weights]
-
-
-def assert_unchanged(model, before):
-    for w, value in zip(model.weights, before):
-        np.testing.assert_array_equal(to_numpy(w), value, err_msg=w.path)
 
 
 @pytest.fixture
