@@ -69,11 +69,6 @@ DEFAULTS = {
 }
 
 
-class ResumeError(ValueError):
-    """The run folder's checkpoint cannot be resumed from (torn pointer, corrupted or foreign
-    checkpoint); the model is unchanged. `main` prints it as one line and exits with code 4."""
-
-
 class RunStopped(RuntimeError):
     """Training stopped early; the last good checkpoint is kept."""
 

@@ -14,13 +14,12 @@ from zoo.models import ResNet
 from zoo.models import ViT
 from zoo.models import ResidualRNN, ResidualRNNCell, ResidualStackedRNN
 from zoo.models import ResidualMLP, ResidualMLPUnit
-from zoo.registry import get_model, list_models, register_model
-from zoo import convert
-from zoo.convert.swap import swap_skip
-from zoo import presets
-from zoo.presets import freeze_trunk, get_preset_metadata, load_weights, save_preset
-
-__version__ = "0.1.0"
+from zoo.registry import register_model
+from zoo.factory import get_model, list_models
+from zoo import convert, presets, registry
+from zoo.presets import get_preset_metadata, load_weights, save_preset
+from zoo.surgery import freeze_trunk, swap_skip
+from zoo.version import __version__
 
 __all__ = [
     "DropPath",

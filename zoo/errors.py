@@ -53,3 +53,79 @@ def check_range(arg, value, low=None, high=None, low_open=False, high_open=False
         kind = "an integer" if integer else "a number"
         raise ValueError(f"Received {arg}={value!r}; {arg} must be {kind} in {interval}.")
     return value
+
+
+# === Weights: importing checkpoints (zoo.convert) and loading presets (zoo.presets) ===
+class WeightImportError(ValueError):
+    """Base class of every error raised while importing weights."""
+
+
+class CheckpointError(WeightImportError):
+    """A checkpoint file or shard is missing, truncated, corrupted or inconsistent."""
+
+
+class SafetensorsHeaderError(CheckpointError):
+    """A safetensors header entry is malformed: unknown dtype, a shape that is not a list of
+    non-negative integers, offsets that do not match it, or a `__metadata__` that is not a
+    {str: str} object."""
+
+
+class UnsafePathError(CheckpointError):
+    """A checkpoint index or preset names a file outside its own folder: an absolute path, a
+    `..` component, or a symlink that resolves elsewhere. Nothing outside was opened."""
+
+
+class ArchitectureMismatchError(WeightImportError):
+    """The checkpoint holds another architecture (or layout) than the model."""
+
+
+class KeyMismatchError(WeightImportError):
+    """Keys of the checkpoint are missing, unexpected or of the wrong shape for the model."""
+
+    def __init__(self, message, missing=(), unexpected=(), mismatched=()):
+        super().__init__(message)
+        self.missing = list(missing)
+        self.unexpected = list(unexpected)
+        self.mismatched = list(mismatched)
+
+
+class WeightsFileError(CheckpointError):
+    """A weights file or preset folder cannot be used; the model it was loaded into is unchanged."""
+
+
+class TruncatedWeightsError(WeightsFileError):
+    """The file is shorter than recorded (or than its own format says): an interrupted copy."""
+
+
+class ChecksumMismatchError(WeightsFileError):
+    """The file's sha256 differs from the one recorded in metadata.json (or the index)."""
+
+
+class CorruptedWeightsError(WeightsFileError):
+    """The file is not a readable weights file (not HDF5, bad JSON, unreadable data)."""
+
+
+class PresetConfigError(WeightsFileError):
+    """config.json or metadata.json names a class or argument the zoo does not allow."""
+
+
+class WeightsPathError(WeightsFileError):
+    """The weights path names no usable file: it does not exist, is a dangling symlink or a
+    symlink loop, or is not a regular file (a device, a pipe)."""
+
+
+class WeightsIndexError(WeightsFileError):
+    """A weights directory's index.json is malformed (an entry without its folder or checksum)."""
+
+
+class UnsafePresetPathError(UnsafePathError, WeightsFileError):
+    """A preset or an index names a file outside its folder (absolute, `..`, or a symlink out)."""
+
+
+class WeightsArchitectureError(ArchitectureMismatchError, WeightsFileError):
+    """The weights belong to another architecture than the model they are loaded into."""
+
+
+# === Data ===
+class DatasetNotFoundError(FileNotFoundError):
+    """A data set is not on this machine: says where the loader looked and how to get it."""

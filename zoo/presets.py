@@ -59,54 +59,29 @@ from pathlib import Path
 import keras
 import numpy as np
 
-from zoo.convert.checkpoint import CheckpointError, UnsafePathError, resolve_inside
-from zoo.convert.mapping import ArchitectureMismatchError
-from zoo.errors import UnknownNameError
+from zoo.convert.checkpoint import resolve_inside
+from zoo import models  # noqa: F401  (registers the model classes a config may name)
+from zoo.registry import get_model_entry, registered_entries
+from zoo.surgery import swap_skip, transfer_weights
+from zoo.version import __version__
+from zoo.errors import (  # noqa: F401  (the errors of this module, defined with every other)
+    ChecksumMismatchError,
+    CorruptedWeightsError,
+    PresetConfigError,
+    TruncatedWeightsError,
+    UnknownNameError,
+    UnsafePresetPathError,
+    WeightsArchitectureError,
+    WeightsFileError,
+    WeightsIndexError,
+    WeightsPathError,
+)
 
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.weights.h5"
 METADATA_FILE = "metadata.json"
 INDEX_FILE = "index.json"
 REPO_WEIGHTS = Path(__file__).resolve().parent.parent / "weights"
-
-
-# === Errors: one class per way a file can be wrong ===
-class WeightsFileError(CheckpointError):
-    """A weights file or preset folder cannot be used; the model it was loaded into is unchanged."""
-
-
-class TruncatedWeightsError(WeightsFileError):
-    """The file is shorter than recorded (or than its own format says): an interrupted copy."""
-
-
-class ChecksumMismatchError(WeightsFileError):
-    """The file's sha256 differs from the one recorded in metadata.json (or the index)."""
-
-
-class CorruptedWeightsError(WeightsFileError):
-    """The file is not a readable weights file (not HDF5, bad JSON, unreadable data)."""
-
-
-class PresetConfigError(WeightsFileError):
-    """config.json or metadata.json names a class or argument the zoo does not allow."""
-
-
-class WeightsPathError(WeightsFileError):
-    """The weights path names no usable file: it does not exist, is a dangling symlink or a
-    symlink loop, or is not a regular file (a device, a pipe)."""
-
-
-class WeightsIndexError(WeightsFileError):
-    """A weights directory's index.json is malformed (an entry without its folder or checksum)."""
-
-
-class UnsafePresetPathError(UnsafePathError, WeightsFileError):
-    """A preset or an index names a file outside its folder (absolute, `..`, or a symlink out)."""
-
-
-# Wrong-architecture errors share the importers' class (and are WeightsFileErrors too).
-class WeightsArchitectureError(ArchitectureMismatchError, WeightsFileError):
-    """The weights belong to another architecture than the model they are loaded into."""
 
 
 # === Files ===
@@ -457,9 +432,7 @@ def recover_interrupted_save(folder):
 
 
 def _versions():
-    import zoo
-
-    return {"keras": keras.__version__, "backend": keras.backend.backend(), "numpy": np.__version__, "zoo": zoo.__version__}
+    return {"keras": keras.__version__, "backend": keras.backend.backend(), "numpy": np.__version__, "zoo": __version__}
 
 
 def read_metadata(folder):
@@ -511,10 +484,9 @@ def verify_preset(folder, metadata_sha256=None, check_index=True):
 
 def _model_classes():
     """'zoo>ClassName' -> class for every class the registry's presets build."""
-    from zoo.registry import _MODELS
 
     out = {}
-    for entry in _MODELS.values():
+    for entry in registered_entries().values():
         builder = entry.builder
         while builder is not None:
             if isinstance(builder, type):
@@ -674,8 +646,6 @@ def load_preset(arch, folder, overrides=None, metadata_sha256=None):
     if arch is not None:
         # builder arguments that are not the class's (a CIFAR ResNet's `depth`) say which
         # architecture is asked for; they are checked here and not passed on
-        from zoo.registry import get_model_entry
-
         builder = get_model_entry(arch).builder_arguments(overrides)
         overrides = {k: v for k, v in overrides.items() if k not in builder}
         check_architecture(arch, config, source=str(Path(folder) / CONFIG_FILE), builder_arguments=builder,
@@ -697,8 +667,6 @@ def load_preset(arch, folder, overrides=None, metadata_sha256=None):
             model = model_from_config(config, overrides, source=str(Path(folder) / CONFIG_FILE))
             transfer_weights(source, model)
     if skip:
-        from zoo.convert.swap import swap_skip
-
         cfg = model.get_config()
         new_skip, new_opts = skip.get("skip", cfg["skip"]), skip.get("skip_options", cfg["skip_options"])
         if new_skip != cfg["skip"] or _differs(new_opts or {}, cfg["skip_options"] or {}):
@@ -711,8 +679,6 @@ def check_architecture(arch, config, source="config", builder_arguments=None, tr
     `builder_arguments`, e.g. {"depth": 8} for a CIFAR ResNet): another class, or other values
     of what the name fixes (the class's ARCHITECTURE_ARGUMENTS, e.g. a ResNet's stage depths).
     The head, input, skip and training arguments may differ."""
-    from zoo.registry import get_model_entry
-
     entry = get_model_entry(arch)
     cls = entry.model_class()
     stored, args = _config_class(config, source)
@@ -744,53 +710,3 @@ def check_architecture(arch, config, source="config", builder_arguments=None, tr
 def _differs(a, b):
     """Config values differ (as JSON: tuples and lists compare equal)."""
     return json.loads(json.dumps(a, default=list)) != json.loads(json.dumps(b, default=list))
-
-
-def transfer_weights(source, target, head="head"):
-    """Copy `source`'s weights into `target` by path, for fine-tuning (as timm's pretrained
-    loading does): the classifier head is left at its initialization when its shape differs;
-    a first conv whose input channels differ is adapted (summed to 1 channel, or repeated and
-    rescaled); any other difference is an error. Returns the list of weight paths not copied."""
-    src = {w.path: w for w in source.weights}
-    plan, skipped = [], []
-    in_src, in_tgt = source.input_shape[-1], target.input_shape[-1]
-    for w in target.weights:
-        s = src.get(w.path)
-        value = None if s is None else keras.ops.convert_to_numpy(s)
-        if value is not None and value.shape == tuple(w.shape):
-            plan.append((w, value))
-        elif w.path.startswith(f"{head}/"):
-            skipped.append(w.path)
-        elif value is not None and value.ndim == 4 and value.shape[2] == in_src and tuple(w.shape) == value.shape[:2] + (in_tgt,) + value.shape[3:]:
-            plan.append((w, adapt_input_conv(value, in_tgt)))
-        else:
-            raise WeightsArchitectureError(
-                f"Cannot transfer weight {w.path} of shape {tuple(w.shape)}: the source model has "
-                f"{'no such weight' if value is None else f'shape {value.shape}'}. Only num_classes (the head), "
-                "the input channels (the first conv) and the skip mapping may differ."
-            )
-    for w, value in plan:
-        w.assign(value)
-    return skipped
-
-
-def adapt_input_conv(kernel, in_channels):
-    """timm's adapt_input_conv for a (kh, kw, c_in, c_out) kernel: to 1 channel by summing,
-    to more by repeating and scaling so the response to a gray image is unchanged."""
-    c = kernel.shape[2]
-    if in_channels == 1:
-        return kernel.sum(axis=2, keepdims=True)
-    reps = -(-in_channels // c)
-    return np.tile(kernel, (1, 1, reps, 1))[:, :, :in_channels] * (c / in_channels)
-
-
-def freeze_trunk(model, head="head"):
-    """Make every layer but the classifier head non-trainable (BatchNorm then runs in inference
-    mode, as when fine-tuning a frozen backbone)."""
-    found = False
-    for layer in model.layers:
-        layer.trainable = layer.name == head
-        found |= layer.name == head
-    if not found:
-        raise ValueError(f"Model {model.name!r} has no layer named {head!r} (num_classes=0?); nothing would train.")
-    return model

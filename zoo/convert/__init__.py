@@ -33,7 +33,6 @@ from zoo.convert.mapping import (
     load_torch_weights,
     register_layout,
 )
-from zoo.convert.swap import swap_skip
 
 
 def import_timm(path, arch=None, strict=True, **model_kwargs):

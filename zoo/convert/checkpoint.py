@@ -20,24 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-
-class WeightImportError(ValueError):
-    """Base class of every error raised while importing weights."""
-
-
-class CheckpointError(WeightImportError):
-    """A checkpoint file or shard is missing, truncated, corrupted or inconsistent."""
-
-
-class SafetensorsHeaderError(CheckpointError):
-    """A safetensors header entry is malformed: unknown dtype, a shape that is not a list of
-    non-negative integers, offsets that do not match it, or a `__metadata__` that is not a
-    {str: str} object."""
-
-
-class UnsafePathError(CheckpointError):
-    """A checkpoint index or preset names a file outside its own folder: an absolute path, a
-    `..` component, or a symlink that resolves elsewhere. Nothing outside was opened."""
+from zoo.errors import CheckpointError, SafetensorsHeaderError, UnsafePathError, WeightImportError  # noqa: F401
 
 
 def resolve_inside(folder, name, what="file", error=UnsafePathError):

@@ -14,22 +14,8 @@ import re
 import keras
 import numpy as np
 
-from zoo.convert.checkpoint import Checkpoint, WeightImportError, read_checkpoint
-from zoo.errors import UnknownNameError
-
-
-class ArchitectureMismatchError(WeightImportError):
-    """The checkpoint holds another architecture (or layout) than the model."""
-
-
-class KeyMismatchError(WeightImportError):
-    """Keys of the checkpoint are missing, unexpected or of the wrong shape for the model."""
-
-    def __init__(self, message, missing=(), unexpected=(), mismatched=()):
-        super().__init__(message)
-        self.missing = list(missing)
-        self.unexpected = list(unexpected)
-        self.mismatched = list(mismatched)
+from zoo.convert.checkpoint import Checkpoint, read_checkpoint
+from zoo.errors import ArchitectureMismatchError, KeyMismatchError, UnknownNameError, WeightImportError  # noqa: F401
 
 
 # === Transforms: PyTorch layout -> Keras layout, and back ===

@@ -22,13 +22,9 @@ from pathlib import Path
 
 import numpy as np
 
-from zoo.errors import UnknownNameError
+from zoo.errors import DatasetNotFoundError, UnknownNameError  # noqa: F401
 
 DEBIAN_FASHION_MNIST = "/usr/share/datasets/fashion-mnist"
-
-
-class DatasetNotFoundError(FileNotFoundError):
-    """A data set is not on this machine: says where the loader looked and how to get it."""
 
 
 @dataclasses.dataclass
