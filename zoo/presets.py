@@ -484,16 +484,8 @@ def verify_preset(folder, metadata_sha256=None, check_index=True):
 
 def _model_classes():
     """'zoo>ClassName' -> class for every class the registry's presets build."""
-
-    out = {}
-    for entry in registered_entries().values():
-        builder = entry.builder
-        while builder is not None:
-            if isinstance(builder, type):
-                out[f"zoo>{builder.__name__}"] = builder
-                break
-            builder = getattr(builder, "forwards_to", None)
-    return out
+    classes = (entry.model_class() for entry in registered_entries().values())
+    return {f"zoo>{cls.__name__}": cls for cls in classes if cls is not None}
 
 
 def _model_class_key(model):
