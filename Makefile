@@ -5,11 +5,12 @@ PYTEST_ARGS ?=
 
 .PHONY: install test train summary
 
-# torch first, pinned to the CPU build, so the project's torch>=... range is already satisfied
+# torch first, pinned to the CPU build, so the torch extra's torch>=... range is already satisfied
 # (an unpinned torch pulls a several-GB CUDA build). A machine that has a torch keeps it.
+# Then the package, editable, with every backend and what the recipes use ([all]) and pytest ([dev]).
 install:
 	$(PYTHON) -c "import torch" 2>/dev/null || $(PYTHON) -m pip install -q torch==2.13.0
-	$(PYTHON) -m pip install -q -e ".[dev]"
+	$(PYTHON) -m pip install -q -e ".[all,dev]"
 
 test: install
 	@set -e; for b in $(BACKENDS); do \

@@ -1,13 +1,13 @@
-"""Convert the akamaster CIFAR-10 ResNets (PyTorch, BSD-2-Clause) into zoo presets in weights/.
+"""Convert the akamaster CIFAR-10 ResNets (PyTorch, BSD-2-Clause) into zoo presets in zoo/weights/.
 
     KERAS_BACKEND=jax python -m recipes.convert_cifar_resnets --source ../shared/ref/cifar10-resnets
 
 For each of ResNet-20/32/44/56: import `resnetN.th` (torch.load(weights_only=True)), check the
 logits of the reference images against `reference_logits.npz` (max abs <= 1e-4, or stop), and
-write `weights/resnetN_cifar.cifar10/` in the keras-hub preset layout: `config.json`,
+write `zoo/weights/resnetN_cifar.cifar10/` in the keras-hub preset layout: `config.json`,
 `model.weights.h5`, `metadata.json` (reported accuracy, preprocessing, source, licence,
 versions, checksums, this command) and `LICENSE` (the source's BSD-2 notice), with
-`zoo.save_preset`; then refresh `weights/index.json`.
+`zoo.save_preset`; then refresh `zoo/weights/index.json`.
 """
 
 import argparse
@@ -33,7 +33,7 @@ def normalise(images_uint8, mean, std):
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--source", default="../shared/ref/cifar10-resnets", help="folder with resnetN.th, LICENSE, reference_logits.npz")
-    parser.add_argument("--out", default="weights", help="where the preset folders go")
+    parser.add_argument("--out", default=str(zoo.presets.REPO_WEIGHTS), help="where the preset folders go (default: the shipped zoo/weights)")
     parser.add_argument("--depths", type=int, nargs="+", default=list(DEPTHS))
     args = parser.parse_args(argv)
     source = Path(args.source)

@@ -4,15 +4,15 @@
     python -m recipes.ship train resnet20_cifar.fmnist_identity    # train, then package
     python -m recipes.ship train --all --jobs 4                    # everything (a GPU session)
     python -m recipes.ship package resnet20_cifar.fmnist_identity  # package a finished run
-    python -m recipes.ship table                                   # Markdown table of weights/
+    python -m recipes.ship table                                   # Markdown table of zoo/weights/
 
 `train` runs `recipes.train` (progress, checkpoints, --resume after a kill) into
 runs/weights/NAME/seed0 with the catalogue's config (plus any --set overrides, which are
 recorded), then packages it. `package` refuses a run below the catalogue's min_accuracy (on the
 full test set) unless --force, evaluates the model once more on a fixed test subset (the
-figure tests/test_presets.py reproduces on every backend), and writes weights/NAME with
+figure tests/test_presets.py reproduces on every backend), and writes zoo/weights/NAME with
 zoo.save_preset: config.json, model.weights.h5, metadata.json (dataset, accuracies, recipe
-config, the training command, versions, checksums); then weights/index.json is rewritten.
+config, the training command, versions, checksums); then zoo/weights/index.json is rewritten.
 """
 
 import argparse

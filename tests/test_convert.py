@@ -27,7 +27,7 @@ from zoo.convert import (
 )
 
 REPO = Path(__file__).resolve().parents[1]
-WEIGHTS = REPO / "weights"
+WEIGHTS = REPO / "zoo" / "weights"
 DATA = REPO / "tests" / "data" / "cifar10_resnets"
 REF = REPO.parent / "shared" / "ref"
 CIFAR_REF, TIMM_REF = REF / "cifar10-resnets", REF / "timm"

@@ -36,7 +36,7 @@ from zoo.presets import (
     WeightsPathError,
 )
 
-WEIGHTS = Path(__file__).resolve().parents[1] / "weights"
+WEIGHTS = Path(__file__).resolve().parents[1] / "zoo" / "weights"
 SHIPPED = "resnet20_cifar.cifar10"
 
 

@@ -27,7 +27,7 @@ from zoo.presets import (
 )
 
 REPO = Path(__file__).resolve().parents[1]
-WEIGHTS = REPO / "weights"
+WEIGHTS = REPO / "zoo" / "weights"
 CIFAR_REF = REPO / "tests" / "data" / "cifar10_resnets" / "reference_logits.npz"
 SHIPPED = presets.list_pretrained()
 

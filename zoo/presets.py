@@ -35,8 +35,8 @@ usable file), `WeightsIndexError` (a malformed index.json), `UnsafePresetPathErr
 Writing. `save_preset` moves a fully written, fsynced folder into place in one atomic step
 (renameat2 exchange or no-replace), creating it with the process umask; see its docstring.
 
-Index. Each weights directory (the repository's `weights/`, then the folders of
-$ZOO_WEIGHTS_PATH, separated by os.pathsep) holds preset folders named `arch.tag`; an
+Index. Each weights directory (the shipped `zoo/weights/`, package data of the wheel, then the
+folders of $ZOO_WEIGHTS_PATH, separated by os.pathsep) holds preset folders named `arch.tag`; an
 `index.json` there lists them with the sha256 of each metadata.json (`write_index`). A folder
 without an index is scanned.
 """
@@ -81,7 +81,9 @@ CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.weights.h5"
 METADATA_FILE = "metadata.json"
 INDEX_FILE = "index.json"
-REPO_WEIGHTS = Path(__file__).resolve().parent.parent / "weights"
+# The shipped presets: package data (zoo/weights/), the same folder in a checkout, an editable
+# install and an installed wheel; recipes.ship writes new ones here.
+REPO_WEIGHTS = Path(__file__).resolve().parent / "weights"
 
 
 # === Files ===
