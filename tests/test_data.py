@@ -127,3 +127,54 @@ def test_batches_are_a_function_of_seed_and_epoch():
     b.set_epoch(1)
     np.testing.assert_array_equal(a[2][0], b[2][0])
     assert a[0][0].shape == (8, 4, 4, 1)
+
+
+def _images(n=8, size=12, channels=3, seed=0):
+    rng = np.random.default_rng(seed)
+    # smooth images (a gradient plus noise), so the geometric and colour operations all change them
+    ramp = np.linspace(20, 230, size)[None, :, None, None] + np.linspace(0, 20, size)[None, None, :, None]
+    x = ramp + rng.normal(0, 15, (n, size, size, channels))
+    return np.clip(x, 0, 255).astype("uint8"), np.arange(n)
+
+
+@pytest.mark.parametrize("channels", [3, 1])
+def test_randaugment_is_keras_own_seeded_by_seed_epoch_and_batch(channels):
+    x, y = _images(channels=channels)
+    make = lambda augment="randaugment", seed=3: ArrayBatches(x, y, 4, shuffle=True, seed=seed, augment=augment, pad=2)  # noqa: E731
+    a, b = make(), make()
+    first = a[0][0]
+    assert first.dtype == np.uint8 and first.shape == (4, 12, 12, channels)  # uint8: inside 0..255
+    # the same seed, epoch and batch give the same images, whatever was drawn before
+    a[1]
+    np.testing.assert_array_equal(a[0][0], first)
+    np.testing.assert_array_equal(b[0][0], first)
+    b.set_epoch(1)
+    a.set_epoch(1)
+    np.testing.assert_array_equal(a[1][0], b[1][0])
+    # RandAugment changed the images beyond the crop and flip that precede it (same generator)
+    cropped = make("crop_flip")[0][0]
+    assert np.abs(first.astype(int) - cropped.astype(int)).mean() > 1.0
+    # and another seed gives other images
+    assert not np.array_equal(make(seed=4)[0][0], first)
+
+
+def test_augmentation_refuses_what_it_cannot_augment():
+    seq = np.zeros((6, 40, 1), "float32")
+    with pytest.raises(ValueError, match=r"augmentation needs images \(N, H, W, C\)"):
+        ArrayBatches(seq, np.arange(6), 2, augment="crop_flip")
+    with pytest.raises(ValueError, match="needs uint8 images"):
+        ArrayBatches(np.zeros((6, 8, 8, 3), "float32"), np.arange(6), 2, augment="randaugment")
+    with pytest.raises(ValueError, match="allowed: None, 'crop_flip', 'crop', 'randaugment'"):
+        ArrayBatches(np.zeros((6, 8, 8, 3), "uint8"), np.arange(6), 2, augment="autoaugment")
+
+
+def test_the_zoo_never_imports_keras_cv():
+    import ast
+    from pathlib import Path
+
+    import zoo
+
+    for path in Path(zoo.__file__).parent.rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else [node.module or ""] if isinstance(node, ast.ImportFrom) else []
+            assert not any(n.split(".")[0] == "keras_cv" for n in names), f"{path} imports keras_cv"

@@ -2,8 +2,10 @@
 after a crash sees exactly the batches the uninterrupted run saw.
 
 Augmentation: random crop with zero padding and horizontal flips (He et al.'s CIFAR recipe),
-done in numpy per batch from a generator seeded by (seed, epoch, batch); optionally
-RandAugment through keras-cv (imported only when asked for: the zoo core does not need it).
+done in numpy per batch from a generator seeded by (seed, epoch, batch); optionally, after the
+crop and flip, Keras' own `keras.layers.RandAugment` (Cubuk et al. 2020), run eagerly on the
+active backend with a seed drawn from that same generator, so its batches too are a function
+of (seed, epoch, batch) alone.
 """
 
 import math
@@ -36,7 +38,11 @@ class ArrayBatches(keras.utils.PyDataset):
         batch_size: samples a batch; the last batch may be smaller unless `drop_last`.
         normalize: function applied to each batch of x (e.g. `Dataset.normalize`).
         shuffle, seed: a new permutation each epoch from (seed, epoch).
-        augment: None, "crop_flip", "crop" or "randaugment" (keras-cv, images only).
+        augment: None, "crop_flip", "crop" or "randaugment" (crop and flip, then
+            `keras.layers.RandAugment` with its defaults: 2 operations a batch, factor 0.5). Every
+            augmentation needs images (N, H, W, C); "randaugment" needs uint8 ones (values 0-255).
+            RandAugment runs on the active backend: on a CPU it costs far more than the crop
+            (seconds a batch of 64 images, most on torch, whose affine transforms are slow there).
         pad: crop padding in pixels.
     """
 
@@ -50,8 +56,14 @@ class ArrayBatches(keras.utils.PyDataset):
         self.shuffle, self.seed, self.pad, self.drop_last = shuffle, int(seed), int(pad), drop_last
         if augment not in (None, "crop_flip", "crop", "randaugment"):
             raise ValueError(f"Received augment={augment!r}; allowed: None, 'crop_flip', 'crop', 'randaugment'.")
+        if augment and np.ndim(x) != 4:
+            raise ValueError(f"Received augment={augment!r} for inputs of shape {np.shape(x)}; augmentation needs images (N, H, W, C).")
+        if augment == "randaugment" and np.asarray(x[:0]).dtype != np.uint8:
+            raise ValueError(
+                f"Received augment='randaugment' for {np.asarray(x[:0]).dtype} images; it needs uint8 images (values 0-255), "
+                "as the loaders of zoo.data return them."
+            )
         self.augment = augment
-        self._randaugment = None
         self.epoch = 0
         self._order = self._permutation(0)
 
@@ -84,12 +96,12 @@ class ArrayBatches(keras.utils.PyDataset):
         return x, y
 
     def _rand_augment(self, x, rng):
-        if self._randaugment is None:
-            import keras_cv  # optional dependency, only for this augmentation
-
-            self._randaugment = keras_cv.layers.RandAugment(value_range=(0, 255), seed=self.seed)
+        """Crop and flip, then `keras.layers.RandAugment` seeded from `rng`: a new layer per batch,
+        so the result depends on (seed, epoch, batch) only, whatever was drawn before and in
+        whichever thread a `PyDataset` worker calls this."""
         x = random_crop_flip(x, rng, pad=self.pad)
-        out = self._randaugment(x.astype("float32"), training=True)
+        layer = keras.layers.RandAugment(value_range=(0, 255), seed=int(rng.integers(2**31 - 1)), data_format="channels_last")
+        out = layer(x.astype("float32"), training=True)
         return np.clip(np.round(keras.ops.convert_to_numpy(out)), 0, 255).astype("uint8")
 
 
