@@ -27,6 +27,8 @@ from conftest import SKIP_CASES, SKIP_IDS, to_numpy
 
 
 class _Harness(TestCase):
+    __test__ = False  # a helper, not a test case of its own
+
     def runTest(self):  # unittest needs a test method to instantiate the case
         pass
 
