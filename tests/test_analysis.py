@@ -18,9 +18,7 @@ def relu_mlp_unit(width=24, hidden=32, seed=0):
     closed form: F(x) = relu(x K1 + b1) K2 + b2, so J = K2^T diag(relu'(x K1 + b1)) K1^T."""
     rng = np.random.default_rng(seed)
     unit = zoo.ResidualMLPUnit(width, hidden=hidden, norm="none")
-    unit.build((None, width))
-    unit.dense1.build((None, width))
-    unit.dense2.build((None, hidden))
+    unit.build((None, width))  # builds dense1 and dense2 too
     k1 = rng.standard_normal((width, hidden)) / np.sqrt(width)
     b1 = 0.1 * rng.standard_normal(hidden)
     k2 = rng.standard_normal((hidden, width)) / np.sqrt(hidden)

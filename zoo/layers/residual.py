@@ -22,8 +22,7 @@ import keras
 from keras import layers, ops
 
 from zoo.errors import check_choice, check_range
-from zoo.layers.drop_path import GRANULARITIES, DropPath
-from zoo.layers.skip import make_skip
+from zoo.layers.unit import BaseResidualUnit
 
 PLACEMENTS = ("original", "bn_after_add", "relu_before_add", "relu_preact", "full_preact")
 PREACT_PLACEMENTS = ("relu_preact", "full_preact")
@@ -58,22 +57,22 @@ class SymmetricConv2D(layers.Conv2D):
         )
 
 
-def conv2d(filters, kernel_size, stride=1, name=None, kernel_initializer="he_normal"):
+def conv2d(filters, kernel_size, stride=1, name=None, kernel_initializer="he_normal", dtype=None):
     """A bias-free conv: symmetric padding when strided (see SymmetricConv2D), else "same"."""
     if kernel_size > 1 and stride > 1:
         return SymmetricConv2D(
             filters, kernel_size, strides=stride, use_bias=False,
-            kernel_initializer=kernel_initializer, name=name,
+            kernel_initializer=kernel_initializer, name=name, dtype=dtype,
         )
     return layers.Conv2D(
         filters, kernel_size, strides=stride, padding="same", use_bias=False,
-        kernel_initializer=kernel_initializer, name=name,
+        kernel_initializer=kernel_initializer, name=name, dtype=dtype,
     )
 
 
-def batch_norm(name, gamma_initializer="ones"):
+def batch_norm(name, gamma_initializer="ones", dtype=None):
     return layers.BatchNormalization(
-        momentum=BN_MOMENTUM, epsilon=BN_EPSILON, gamma_initializer=gamma_initializer, name=name
+        momentum=BN_MOMENTUM, epsilon=BN_EPSILON, gamma_initializer=gamma_initializer, name=name, dtype=dtype
     )
 
 
@@ -88,7 +87,7 @@ def pad_shortcut(x, stride, out_channels):
 
 
 @keras.saving.register_keras_serializable(package="zoo")
-class ResidualUnit(keras.layers.Layer):
+class ResidualUnit(BaseResidualUnit):
     """One ResNet unit on channels-last feature maps.
 
     Args:
@@ -130,24 +129,26 @@ class ResidualUnit(keras.layers.Layer):
         shared_preact=False,
         **kwargs,
     ):
-        super().__init__(**kwargs)
+        super().__init__(
+            skip=skip,
+            skip_options=skip_options,
+            drop_path_rate=drop_path_rate,
+            drop_path_granularity=drop_path_granularity,
+            index=index,
+            num_units=num_units,
+            **kwargs,
+        )
         # === Validation ===
         self.filters = int(check_range("filters", filters, low=1, integer=True))
         self.block = check_choice("block", block, BLOCKS)
         self.stride = int(check_range("stride", stride, low=1, integer=True))
         self.placement = check_choice("placement", placement, PLACEMENTS)
         self.downsample = check_choice("downsample", downsample, DOWNSAMPLES)
-        self.drop_path_granularity = check_choice("drop_path_granularity", drop_path_granularity, GRANULARITIES)
-        self.drop_path_rate = float(check_range("drop_path_rate", drop_path_rate, low=0.0, high=1.0, high_open=True))
-        self.skip_name = skip
-        self.skip_options = dict(skip_options or {})
         self.zero_init_last = bool(zero_init_last)
-        self.index = int(index)
-        self.num_units = int(check_range("num_units", num_units, low=1, integer=True))
         self.shared_preact = bool(shared_preact)
         self.out_channels = self.filters * (4 if block == "bottleneck" else 1)
 
-        # === Layers ===
+        # === Layers (built in build_branch) ===
         if block == "basic":
             specs = [(self.filters, 3, self.stride), (self.filters, 3, 1)]
         else:
@@ -155,6 +156,7 @@ class ResidualUnit(keras.layers.Layer):
         n = len(specs)
         last_is_conv = placement in ("bn_after_add", "full_preact")  # no BN right after c_n
         zero = "zeros" if self.zero_init_last else None
+        dtype = self.dtype_policy
         self.convs = [
             conv2d(
                 f,
@@ -162,6 +164,7 @@ class ResidualUnit(keras.layers.Layer):
                 s,
                 name=f"conv{i + 1}",
                 kernel_initializer=(zero if (i == n - 1 and last_is_conv and zero) else "he_normal"),
+                dtype=dtype,
             )
             for i, (f, k, s) in enumerate(specs)
         ]
@@ -169,18 +172,27 @@ class ResidualUnit(keras.layers.Layer):
             batch_norm(
                 f"bn{i + 1}",
                 gamma_initializer=(zero if (i == n - 1 and not last_is_conv and zero) else "ones"),
+                dtype=dtype,
             )
             for i in range(n - 1 if placement == "bn_after_add" else n)
         ]
-        self.post_norm = batch_norm("bn_out") if placement == "bn_after_add" else None
-        self.skip = make_skip(skip, self.skip_options, index=index, depth=self.num_units, name="skip")
-        self.drop_path = DropPath(
-            self.drop_path_rate, granularity=self.drop_path_granularity, seed=index, name="drop_path"
-        )
+        self.post_norm = batch_norm("bn_out", dtype=dtype) if placement == "bn_after_add" else None
         self.projection = None
         self.projection_norm = None
 
-    def build(self, input_shape):
+    def residual_shape(self, input_shape):
+        shape = tuple(input_shape)
+        for conv in self.convs:
+            shape = conv.compute_output_shape(shape)
+        return tuple(shape)
+
+    def build_branch(self, input_shape):
+        if len(input_shape) != 4 or input_shape[-1] is None:
+            raise ValueError(
+                f"ResidualUnit takes channels-last feature maps (batch, height, width, channels) "
+                f"with known channels; received input shape {tuple(input_shape)}."
+            )
+        input_shape = tuple(input_shape)
         in_channels = input_shape[-1]
         self.needs_shortcut_change = self.stride > 1 or in_channels != self.out_channels
         if self.needs_shortcut_change and self.downsample == "projection":
@@ -191,9 +203,25 @@ class ResidualUnit(keras.layers.Layer):
                 use_bias=False,
                 kernel_initializer="he_normal",
                 name="projection",
+                dtype=self.dtype_policy,
             )
             if self.placement not in PREACT_PLACEMENTS:
-                self.projection_norm = batch_norm("projection_bn")
+                self.projection_norm = batch_norm("projection_bn", dtype=self.dtype_policy)
+        # The branch's sublayers, in the order the placement runs them.
+        shape = input_shape
+        for i, conv in enumerate(self.convs):
+            if self.placement == "full_preact":  # BN before each conv
+                self.norms[i].build(shape)
+            conv.build(shape)
+            shape = conv.compute_output_shape(shape)
+            if self.placement != "full_preact" and i < len(self.norms):  # BN after the conv
+                self.norms[i].build(shape)
+        if self.post_norm is not None:
+            self.post_norm.build(shape)
+        if self.projection is not None:
+            self.projection.build(input_shape)
+            if self.projection_norm is not None:
+                self.projection_norm.build(self.projection.compute_output_shape(input_shape))
 
     def shortcut(self, x, training=None):
         if not self.needs_shortcut_change:
@@ -213,6 +241,10 @@ class ResidualUnit(keras.layers.Layer):
         studies (zoo.analysis).
         """
         return self._branch_and_shortcut_input(x, training=training)[0]
+
+    def branch_and_shortcut(self, x, training=None):
+        x, shortcut = self._branch_and_shortcut_input(x, training=training)
+        return x, self.shortcut(shortcut, training=training)
 
     def _branch_and_shortcut_input(self, x, training=None):
         """(F(x), the tensor the shortcut starts from): the pre-activated input in the
@@ -247,16 +279,11 @@ class ResidualUnit(keras.layers.Layer):
                     x = ops.relu(x)
         return x, shortcut
 
-    def call(self, x, training=None):
-        p = self.placement
-        x, shortcut = self._branch_and_shortcut_input(x, training=training)
-        mapped, branch = self.skip(self.shortcut(shortcut, training=training), x, training=training)
-        y = mapped + self.drop_path(branch, training=training)
-
-        if p == "bn_after_add":
-            y = ops.relu(self.post_norm(y, training=training))
-        elif p == "original":
-            y = ops.relu(y)
+    def after_add(self, y, training=None):
+        if self.placement == "bn_after_add":
+            return ops.relu(self.post_norm(y, training=training))
+        if self.placement == "original":
+            return ops.relu(y)
         return y
 
     def get_config(self):
@@ -266,13 +293,7 @@ class ResidualUnit(keras.layers.Layer):
             "block": self.block,
             "stride": self.stride,
             "placement": self.placement,
-            "skip": self.skip_name,
-            "skip_options": self.skip_options,
             "downsample": self.downsample,
-            "drop_path_rate": self.drop_path_rate,
-            "drop_path_granularity": self.drop_path_granularity,
             "zero_init_last": self.zero_init_last,
-            "index": self.index,
-            "num_units": self.num_units,
             "shared_preact": self.shared_preact,
         }

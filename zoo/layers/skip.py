@@ -361,7 +361,9 @@ class Conv1x1Skip(SkipMapping):
         self.kernel_initializer = keras.initializers.get(kernel_initializer)
         self.norm = bool(norm)
         self.batch_norm = (
-            keras.layers.BatchNormalization(momentum=0.9, epsilon=1e-5, name="bn") if self.norm else None
+            keras.layers.BatchNormalization(momentum=0.9, epsilon=1e-5, name="bn", dtype=self.dtype_policy)
+            if self.norm
+            else None
         )
 
     def build(self, input_shape):
@@ -404,7 +406,7 @@ class DropoutSkip(SkipMapping):
         self.rate = float(check_range("rate", rate, low=0.0, high=1.0, high_open=True))
         self.inverted = bool(inverted)
         self.seed = check_range("seed", seed, low=0, integer=True)
-        self.dropout = keras.layers.Dropout(self.rate, seed=self.seed, name="dropout")
+        self.dropout = keras.layers.Dropout(self.rate, seed=self.seed, name="dropout", dtype=self.dtype_policy)
 
     def call(self, x, branch=None, training=None):
         mapped = self.dropout(x, training=training)
@@ -452,15 +454,19 @@ class OrthogonalSkip(MatrixSkip):
         if self.mode == "fixed":
             return super().build(input_shape)
         channels = self._channels(input_shape)
+        # Read in float32 under a mixed policy too: the solve has no half-precision kernel.
         self.cayley = self.add_weight(
-            name="cayley", shape=(channels, channels), initializer="zeros"
+            name="cayley", shape=(channels, channels), initializer="zeros", autocast=False
         )
 
     def matrix(self):
         if self.mode == "fixed":
             return super().matrix()
-        a = self.cayley - ops.transpose(self.cayley)
-        eye = ops.eye(a.shape[0], dtype=a.dtype)
+        # In float32 whatever the dtype policy: ops.solve has no bfloat16 / float16 kernel on
+        # every backend, and Q is cast to the input's dtype where it is applied.
+        w = ops.cast(self.cayley, "float32")
+        a = w - ops.transpose(w)
+        eye = ops.eye(a.shape[0], dtype="float32")
         # (I - A) and (I + A)^-1 commute, so Q = (I + A)^-1 (I - A) = solve(I + A, I - A).
         return ops.solve(eye + a, eye - a)
 

@@ -17,8 +17,7 @@ import keras
 from keras import layers, ops
 
 from zoo.errors import check_choice, check_range
-from zoo.layers.drop_path import GRANULARITIES, DropPath
-from zoo.layers.skip import make_skip
+from zoo.layers.unit import BaseResidualUnit
 
 LAYER_NORM_EPSILON = 1e-6  # timm's ViT norm_layer: partial(nn.LayerNorm, eps=1e-6)
 
@@ -28,16 +27,17 @@ def trunc_normal(stddev=0.02):
     return keras.initializers.TruncatedNormal(stddev=stddev)
 
 
-def layer_norm(name):
-    return layers.LayerNormalization(epsilon=LAYER_NORM_EPSILON, name=name)
+def layer_norm(name, dtype=None):
+    return layers.LayerNormalization(epsilon=LAYER_NORM_EPSILON, name=name, dtype=dtype)
 
 
-def dense(units, name):
-    return layers.Dense(units, kernel_initializer=trunc_normal(), bias_initializer="zeros", name=name)
+def dense(units, name, dtype=None):
+    return layers.Dense(units, kernel_initializer=trunc_normal(), bias_initializer="zeros", name=name, dtype=dtype)
 
 
-class PreNormResidualUnit(keras.layers.Layer):
-    """y = M(x) + DropPath(F(LN(x))) on tokens (B, N, D); subclasses define F in `branch`.
+class PreNormResidualUnit(BaseResidualUnit):
+    """y = M(x) + DropPath(F(LN(x))) on tokens (B, N, D); subclasses define F in `branch`
+    (on the normalised tokens) and build it in `build_tokens_branch`.
 
     Args:
         skip, skip_options: the skip mapping M (registered name, options), on the D axis.
@@ -49,62 +49,24 @@ class PreNormResidualUnit(keras.layers.Layer):
 
     norm_name = "norm"
 
-    def __init__(
-        self,
-        skip="identity",
-        skip_options=None,
-        drop_path_rate=0.0,
-        drop_path_granularity="sample",
-        index=0,
-        num_units=1,
-        **kwargs,
-    ):
+    def __init__(self, **kwargs):
         super().__init__(**kwargs)
-        self.skip_name = skip
-        self.skip_options = dict(skip_options or {})
-        self.drop_path_rate = float(check_range("drop_path_rate", drop_path_rate, low=0.0, high=1.0, high_open=True))
-        self.drop_path_granularity = check_choice("drop_path_granularity", drop_path_granularity, GRANULARITIES)
-        self.index = int(index)
-        self.num_units = int(check_range("num_units", num_units, low=1, integer=True))
-        self.norm = layer_norm(self.norm_name)
-        self.skip = make_skip(skip, self.skip_options, index=index, depth=self.num_units, name="skip")
-        self.drop_path = DropPath(self.drop_path_rate, granularity=self.drop_path_granularity, seed=index, name="drop_path")
+        self.norm = layer_norm(self.norm_name, dtype=self.dtype_policy)
 
-    def build(self, input_shape):
+    def build_branch(self, input_shape):
         if len(input_shape) != 3 or input_shape[-1] is None:
             raise ValueError(
                 f"{type(self).__name__} takes tokens (batch, tokens, dim) with a known dim; "
                 f"received input shape {tuple(input_shape)}."
             )
         self.norm.build(input_shape)
-        self.build_branch(input_shape)
-        self.skip.build(input_shape)
-        self.drop_path.build(input_shape)
+        self.build_tokens_branch(input_shape)
 
-    def build_branch(self, input_shape):  # extension hook: each unit kind builds its branch F
-        raise NotImplementedError(f"{type(self).__name__} must implement build_branch(input_shape).")
+    def build_tokens_branch(self, input_shape):  # extension hook: each unit kind builds its F
+        raise NotImplementedError(f"{type(self).__name__} must implement build_tokens_branch(input_shape).")
 
-    def branch(self, x, training=None):  # extension hook: F(norm(x))
-        raise NotImplementedError(f"{type(self).__name__} must implement branch(x, training).")
-
-    def call(self, x, training=None):
-        branch = self.branch(self.norm(x), training=training)
-        mapped, branch = self.skip(x, branch, training=training)
-        return mapped + self.drop_path(branch, training=training)
-
-    def compute_output_shape(self, input_shape):
-        return input_shape
-
-    def get_config(self):
-        return {
-            **super().get_config(),
-            "skip": self.skip_name,
-            "skip_options": self.skip_options,
-            "drop_path_rate": self.drop_path_rate,
-            "drop_path_granularity": self.drop_path_granularity,
-            "index": self.index,
-            "num_units": self.num_units,
-        }
+    def branch_and_shortcut(self, x, training=None):
+        return self.branch(self.norm(x), training=training), x
 
 
 @keras.saving.register_keras_serializable(package="zoo")
@@ -123,7 +85,7 @@ class AttentionUnit(PreNormResidualUnit):
         self.qkv = None
         self.proj = None
 
-    def build_branch(self, input_shape):
+    def build_tokens_branch(self, input_shape):
         dim = int(input_shape[-1])
         if dim % self.num_heads:
             raise ValueError(
@@ -131,8 +93,8 @@ class AttentionUnit(PreNormResidualUnit):
                 "divisible by the number of heads."
             )
         self.head_dim = dim // self.num_heads
-        self.qkv = dense(3 * dim, "qkv")
-        self.proj = dense(dim, "proj")
+        self.qkv = dense(3 * dim, "qkv", dtype=self.dtype_policy)
+        self.proj = dense(dim, "proj", dtype=self.dtype_policy)
         self.qkv.build(input_shape)
         self.proj.build(input_shape)
 
@@ -166,10 +128,10 @@ class MLPUnit(PreNormResidualUnit):
         self.fc1 = None
         self.fc2 = None
 
-    def build_branch(self, input_shape):
+    def build_tokens_branch(self, input_shape):
         dim = int(input_shape[-1])
-        self.fc1 = dense(self.hidden_dim, "fc1")
-        self.fc2 = dense(dim, "fc2")
+        self.fc1 = dense(self.hidden_dim, "fc1", dtype=self.dtype_policy)
+        self.fc2 = dense(dim, "fc2", dtype=self.dtype_policy)
         self.fc1.build(input_shape)
         self.fc2.build((*input_shape[:-1], self.hidden_dim))
 

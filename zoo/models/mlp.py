@@ -15,9 +15,10 @@ import keras
 from keras import layers, ops
 
 from zoo.errors import check_choice, check_range
-from zoo.layers.drop_path import GRANULARITIES, DropPath, linear_drop_path_rates
+from zoo.layers.drop_path import GRANULARITIES, linear_drop_path_rates
 from zoo.layers.residual import BN_EPSILON, BN_MOMENTUM
-from zoo.layers.skip import get_skip_class, make_skip
+from zoo.layers.skip import get_skip_class
+from zoo.layers.unit import BaseResidualUnit
 from zoo.models.base import InputRankCheck
 from zoo.registry import register_model
 
@@ -25,7 +26,7 @@ NORMS = ("batch", "layer", "none")
 
 
 @keras.saving.register_keras_serializable(package="zoo")
-class ResidualMLPUnit(keras.layers.Layer):
+class ResidualMLPUnit(BaseResidualUnit):
     """y = M(x) + DropPath(F(x)) on (B, width) vectors; F as in the module docstring.
 
     Args:
@@ -39,53 +40,45 @@ class ResidualMLPUnit(keras.layers.Layer):
             strength by it (`depth` of zoo.layers.skip), so the composed path stays bounded.
     """
 
-    def __init__(
-        self,
-        width,
-        hidden=None,
-        norm="batch",
-        skip="identity",
-        skip_options=None,
-        drop_path_rate=0.0,
-        drop_path_granularity="sample",
-        index=0,
-        num_units=1,
-        **kwargs,
-    ):
+    def __init__(self, width, hidden=None, norm="batch", **kwargs):
         super().__init__(**kwargs)
         # === Validation ===
         self.width = int(check_range("width", width, low=1, integer=True))
         self.hidden = int(check_range("hidden", hidden if hidden is not None else width, low=1, integer=True))
         self.norm = check_choice("norm", norm, NORMS)
-        self.drop_path_rate = float(check_range("drop_path_rate", drop_path_rate, low=0.0, high=1.0, high_open=True))
-        self.drop_path_granularity = check_choice("drop_path_granularity", drop_path_granularity, GRANULARITIES)
-        self.skip_name = skip
-        self.skip_options = dict(skip_options or {})
-        self.index = int(index)
-        self.num_units = int(check_range("num_units", num_units, low=1, integer=True))
 
-        # === Layers ===
-        self.dense1 = layers.Dense(self.hidden, use_bias=norm != "batch", kernel_initializer="he_normal", name="dense1")
-        self.dense2 = layers.Dense(self.width, use_bias=norm != "batch", kernel_initializer="he_normal", name="dense2")
+        # === Layers (built in build_branch) ===
+        dtype = self.dtype_policy
+        self.dense1 = layers.Dense(
+            self.hidden, use_bias=norm != "batch", kernel_initializer="he_normal", name="dense1", dtype=dtype
+        )
+        self.dense2 = layers.Dense(
+            self.width, use_bias=norm != "batch", kernel_initializer="he_normal", name="dense2", dtype=dtype
+        )
         if norm == "batch":
             self.norms = [
-                layers.BatchNormalization(momentum=BN_MOMENTUM, epsilon=BN_EPSILON, name=f"bn{i + 1}") for i in range(2)
+                layers.BatchNormalization(momentum=BN_MOMENTUM, epsilon=BN_EPSILON, name=f"bn{i + 1}", dtype=dtype)
+                for i in range(2)
             ]
         elif norm == "layer":
-            self.norms = [layers.LayerNormalization(epsilon=1e-6, name="ln")]
+            self.norms = [layers.LayerNormalization(epsilon=1e-6, name="ln", dtype=dtype)]
         else:
             self.norms = []
-        self.skip = make_skip(skip, self.skip_options, index=index, depth=self.num_units, name="skip")
-        self.drop_path = DropPath(
-            self.drop_path_rate, granularity=self.drop_path_granularity, seed=index, name="drop_path"
-        )
 
-    def build(self, input_shape):
-        if input_shape[-1] != self.width:
+    def build_branch(self, input_shape):
+        if len(input_shape) != 2 or input_shape[-1] != self.width:
             raise ValueError(
                 f"Received input_shape={tuple(input_shape)}; a ResidualMLPUnit of width {self.width} "
                 f"takes (batch, {self.width})."
             )
+        hidden_shape = (input_shape[0], self.hidden)
+        if self.norm == "layer":
+            self.norms[0].build(input_shape)
+        self.dense1.build(input_shape)
+        self.dense2.build(hidden_shape)
+        if self.norm == "batch":
+            self.norms[0].build(hidden_shape)
+            self.norms[1].build(input_shape)
 
     def branch(self, x, training=False):
         """F(x): (B, width) -> (B, width), before DropPath and any gating scale (zoo.analysis)."""
@@ -96,23 +89,8 @@ class ResidualMLPUnit(keras.layers.Layer):
             x = self.norms[0](x)
         return self.dense2(ops.relu(self.dense1(x)))
 
-    def call(self, x, training=None):
-        mapped, branch = self.skip(x, self.branch(x, training=training), training=training)
-        return mapped + self.drop_path(branch, training=training)
-
     def get_config(self):
-        return {
-            **super().get_config(),
-            "width": self.width,
-            "hidden": self.hidden,
-            "norm": self.norm,
-            "skip": self.skip_name,
-            "skip_options": self.skip_options,
-            "drop_path_rate": self.drop_path_rate,
-            "drop_path_granularity": self.drop_path_granularity,
-            "index": self.index,
-            "num_units": self.num_units,
-        }
+        return {**super().get_config(), "width": self.width, "hidden": self.hidden, "norm": self.norm}
 
 
 @keras.saving.register_keras_serializable(package="zoo")

@@ -19,8 +19,9 @@ from keras import layers, ops
 from keras.src.layers.rnn.dropout_rnn_cell import DropoutRNNCell
 
 from zoo.errors import check_choice, check_range
-from zoo.layers.drop_path import GRANULARITIES, DropPath, linear_drop_path_rates
-from zoo.layers.skip import Conv1x1Skip, DropoutSkip, get_skip_class, make_skip, skip_option_names
+from zoo.layers.drop_path import GRANULARITIES, linear_drop_path_rates
+from zoo.layers.skip import Conv1x1Skip, DropoutSkip, get_skip_class, skip_option_names
+from zoo.layers.unit import BaseResidualUnit
 from zoo.models.base import InputRankCheck
 from zoo.registry import register_model
 
@@ -34,7 +35,7 @@ def drop_path_schedule(rate, num_units):
 
 
 @keras.saving.register_keras_serializable(package="zoo")
-class ResidualRNNCell(DropoutRNNCell, keras.layers.Layer):
+class ResidualRNNCell(DropoutRNNCell, BaseResidualUnit):
     """h_t = M(h_{t-1}) + DropPath(activation(W x_t + U h_{t-1} + b)), for `keras.layers.RNN`.
 
     Args:
@@ -60,36 +61,25 @@ class ResidualRNNCell(DropoutRNNCell, keras.layers.Layer):
         self,
         units,
         activation="tanh",
-        skip="identity",
-        skip_options=None,
-        drop_path_rate=0.0,
-        drop_path_granularity="sample",
-        index=0,
         horizon=1,
         kernel_initializer="glorot_uniform",
         recurrent_initializer="orthogonal",
         bias_initializer="zeros",
         **kwargs,
     ):
-        super().__init__(**kwargs)
+        horizon = int(check_range("horizon", horizon, low=1, integer=True))
+        super().__init__(horizon=horizon, **kwargs)
         self.units = int(check_range("units", units, low=1, integer=True))
         self.activation = keras.activations.get(activation)
-        self.skip_name = skip
-        self.skip_options = dict(skip_options or {})
-        self.drop_path_rate = float(check_range("drop_path_rate", drop_path_rate, low=0.0, high=1.0, high_open=True))
-        self.drop_path_granularity = check_choice("drop_path_granularity", drop_path_granularity, GRANULARITIES)
-        self.index = int(index)
-        self.horizon = int(check_range("horizon", horizon, low=1, integer=True))
+        self.horizon = horizon
         self.kernel_initializer = keras.initializers.get(kernel_initializer)
         self.recurrent_initializer = keras.initializers.get(recurrent_initializer)
         self.bias_initializer = keras.initializers.get(bias_initializer)
-        self.skip = make_skip(skip, self.skip_options, index=index, horizon=self.horizon, name="skip")
         if isinstance(self.skip, Conv1x1Skip) and self.skip.norm:
             raise ValueError(
                 "Received skip='conv1x1' with norm=True in a ResidualRNNCell; batch statistics "
                 "cannot be updated inside the time loop. Use norm=False in a recurrent cell."
             )
-        self.drop_path = DropPath(self.drop_path_rate, granularity=self.drop_path_granularity, seed=index, name="drop_path")
         self.state_size = self.units
         self.output_size = self.units
         # DropoutRNNCell's protocol; the masks themselves are ours (see get_dropout_mask).
@@ -98,7 +88,7 @@ class ResidualRNNCell(DropoutRNNCell, keras.layers.Layer):
         self._drop_path_factor = None
         self._skip_dropout_mask = None
 
-    def build(self, input_shape):
+    def build_branch(self, input_shape):
         features = input_shape[-1]
         if features is None:
             raise ValueError(f"ResidualRNNCell needs a known feature axis; received input shape {tuple(input_shape)}.")
@@ -107,9 +97,11 @@ class ResidualRNNCell(DropoutRNNCell, keras.layers.Layer):
             name="recurrent_kernel", shape=(self.units, self.units), initializer=self.recurrent_initializer
         )
         self.bias = self.add_weight(name="bias", shape=(self.units,), initializer=self.bias_initializer)
-        # Built here, not on first call: inside the RNN's loop variables cannot be created.
-        self.skip.build((None, self.units))
-        self.drop_path.build((None, self.units))
+
+    def residual_shape(self, input_shape):
+        # The add is on the state h (B, units). Built here, not on first call: inside the
+        # RNN's loop variables cannot be created.
+        return (None, self.units)
 
     # === Per-sequence random masks (DropoutRNNCell protocol, called before the loop) ===
     def get_dropout_mask(self, step_input):
@@ -130,17 +122,26 @@ class ResidualRNNCell(DropoutRNNCell, keras.layers.Layer):
     def reset_recurrent_dropout_mask(self):
         self._skip_dropout_mask = None
 
-    def call(self, inputs, states, training=None):
-        h = states[0] if isinstance(states, (list, tuple)) else states
-        branch = self.activation(ops.matmul(inputs, self.kernel) + ops.matmul(h, self.recurrent_kernel) + self.bias)
+    def branch(self, inputs, h, training=None):
+        """F(x_t, h_{t-1}) = activation(W x_t + U h_{t-1} + b)."""
+        return self.activation(ops.matmul(inputs, self.kernel) + ops.matmul(h, self.recurrent_kernel) + self.bias)
+
+    # === The residual add with per-sequence randomness (hooks of BaseResidualUnit.residual) ===
+    def map_skip(self, h, branch, training=None):
         if isinstance(self.skip, DropoutSkip):
             mask = self.get_recurrent_dropout_mask(h) if training else None
             mapped = self.skip(h, training=False) if mask is None else h * ops.cast(mask, h.dtype)
-        else:
-            mapped, branch = self.skip(h, branch)
+            return mapped, branch
+        return self.skip(h, branch)
+
+    def apply_drop_path(self, branch, training=None):
         if training and self.drop_path_rate > 0:
-            branch = branch * ops.cast(self.get_dropout_mask(inputs), branch.dtype)
-        h = mapped + branch
+            return branch * ops.cast(self.get_dropout_mask(branch), branch.dtype)
+        return branch
+
+    def call(self, inputs, states, training=None):
+        h = states[0] if isinstance(states, (list, tuple)) else states
+        h = self.residual(h, self.branch(inputs, h), training=training)
         return h, [h]
 
     def get_config(self):
@@ -148,11 +149,6 @@ class ResidualRNNCell(DropoutRNNCell, keras.layers.Layer):
             **super().get_config(),
             "units": self.units,
             "activation": keras.activations.serialize(self.activation),
-            "skip": self.skip_name,
-            "skip_options": self.skip_options,
-            "drop_path_rate": self.drop_path_rate,
-            "drop_path_granularity": self.drop_path_granularity,
-            "index": self.index,
             "horizon": self.horizon,
             "kernel_initializer": keras.initializers.serialize(self.kernel_initializer),
             "recurrent_initializer": keras.initializers.serialize(self.recurrent_initializer),
@@ -161,66 +157,30 @@ class ResidualRNNCell(DropoutRNNCell, keras.layers.Layer):
 
 
 @keras.saving.register_keras_serializable(package="zoo")
-class RecurrentResidualUnit(keras.layers.Layer):
+class RecurrentResidualUnit(BaseResidualUnit):
     """y = M(x) + DropPath(RNN(x)) on sequences (B, T, D), RNN an LSTM or GRU of width D
     returning its whole sequence (sublayer `rnn`). `num_units`: the units of the model's skip
     path over depth, by which the mapping scales its strength."""
 
-    def __init__(
-        self,
-        units,
-        cell="lstm",
-        skip="identity",
-        skip_options=None,
-        drop_path_rate=0.0,
-        drop_path_granularity="sample",
-        index=0,
-        num_units=1,
-        **kwargs,
-    ):
+    def __init__(self, units, cell="lstm", **kwargs):
         super().__init__(**kwargs)
         self.units = int(check_range("units", units, low=1, integer=True))
         self.cell = check_choice("cell", cell, tuple(RECURRENT_LAYERS))
-        self.skip_name = skip
-        self.skip_options = dict(skip_options or {})
-        self.drop_path_rate = float(check_range("drop_path_rate", drop_path_rate, low=0.0, high=1.0, high_open=True))
-        self.drop_path_granularity = check_choice("drop_path_granularity", drop_path_granularity, GRANULARITIES)
-        self.index = int(index)
-        self.num_units = int(check_range("num_units", num_units, low=1, integer=True))
-        self.rnn = RECURRENT_LAYERS[cell](self.units, return_sequences=True, name="rnn")
-        self.skip = make_skip(skip, self.skip_options, index=index, depth=self.num_units, name="skip")
-        self.drop_path = DropPath(self.drop_path_rate, granularity=self.drop_path_granularity, seed=index, name="drop_path")
+        self.rnn = RECURRENT_LAYERS[cell](self.units, return_sequences=True, name="rnn", dtype=self.dtype_policy)
 
-    def build(self, input_shape):
+    def build_branch(self, input_shape):
         if len(input_shape) != 3 or input_shape[-1] != self.units:
             raise ValueError(
                 f"RecurrentResidualUnit of width {self.units} takes sequences (batch, steps, "
                 f"{self.units}); received input shape {tuple(input_shape)}."
             )
         self.rnn.build(input_shape)
-        self.skip.build(input_shape)
-        self.drop_path.build(input_shape)
 
-    def call(self, x, training=None):
-        branch = self.rnn(x, training=training)
-        mapped, branch = self.skip(x, branch, training=training)
-        return mapped + self.drop_path(branch, training=training)
-
-    def compute_output_shape(self, input_shape):
-        return input_shape
+    def branch(self, x, training=None):
+        return self.rnn(x, training=training)
 
     def get_config(self):
-        return {
-            **super().get_config(),
-            "units": self.units,
-            "cell": self.cell,
-            "skip": self.skip_name,
-            "skip_options": self.skip_options,
-            "drop_path_rate": self.drop_path_rate,
-            "drop_path_granularity": self.drop_path_granularity,
-            "index": self.index,
-            "num_units": self.num_units,
-        }
+        return {**super().get_config(), "units": self.units, "cell": self.cell}
 
 
 @keras.saving.register_keras_serializable(package="zoo")

@@ -1,0 +1,146 @@
+"""The residual unit every model family builds on: y = post(M(s) + DropPath(F(x))).
+
+`BaseResidualUnit` owns what every residual unit of the zoo shares: the skip mapping M
+(zoo.layers.skip, built with the unit's position `index`, the length `num_units` of the
+model's skip path and, for a recurrence, its `horizon`), DropPath on the branch, the
+validated config, and the residual add, written once, in `residual`:
+
+    mapped, branch = self.skip(shortcut, branch)      # map_skip
+    y = mapped + self.drop_path(branch)               # apply_drop_path
+
+A family's unit defines only its branch F and where it sits:
+
+    build_branch(input_shape)          create and build the branch's sublayers (and any
+                                       shortcut projection); called by `build`
+    residual_shape(input_shape)        the shape of F(x) and of M(s) (default: the input's)
+    branch_and_shortcut(x, training)   (F(x), s): the branch and the tensor the skip mapping
+                                       starts from (default: (self.branch(x), x))
+    branch(x, training)                F alone
+    after_add(y, training)             anything after the add (a post-activation ReLU)
+    map_skip, apply_drop_path          how M and DropPath are applied (a recurrent cell
+                                       uses masks drawn once per sequence)
+
+`build` creates every variable (the branch's, the skip mapping's), so `unit.build(shape)`
+leaves a unit ready to load weights, as Keras expects. Sublayers take the unit's dtype
+policy (`dtype=self.dtype_policy`), so a unit made with `dtype="mixed_bfloat16"` runs all of
+itself in that policy.
+"""
+
+import keras
+
+from zoo.errors import check_choice, check_range
+from zoo.layers.drop_path import GRANULARITIES, DropPath
+from zoo.layers.skip import make_skip
+
+
+class BaseResidualUnit(keras.layers.Layer):
+    """Base class of the residual units: skip mapping, DropPath, the residual add, config.
+
+    Args:
+        skip, skip_options: the skip mapping M, by registered name, and its options.
+        drop_path_rate, drop_path_granularity: DropPath on the branch.
+        index: the unit's position in its model; offsets the seeds of M and DropPath.
+        num_units: residual units on the model's skip path; the skip mapping scales its
+            strength by it (`depth` of zoo.layers.skip), so the composed path stays bounded.
+        horizon: for a recurrent unit, the steps over which it applies the same M (the
+            mapping scales its strength by it too); None elsewhere. A subclass that takes it
+            saves it in its own config.
+    """
+
+    def __init__(
+        self,
+        skip="identity",
+        skip_options=None,
+        drop_path_rate=0.0,
+        drop_path_granularity="sample",
+        index=0,
+        num_units=1,
+        horizon=None,
+        **kwargs,
+    ):
+        super().__init__(**kwargs)
+        # === Validation ===
+        self.skip_name = skip
+        self.skip_options = dict(skip_options or {})
+        self.drop_path_rate = float(check_range("drop_path_rate", drop_path_rate, low=0.0, high=1.0, high_open=True))
+        self.drop_path_granularity = check_choice("drop_path_granularity", drop_path_granularity, GRANULARITIES)
+        self.index = int(check_range("index", index, low=0, integer=True))
+        self.num_units = int(check_range("num_units", num_units, low=1, integer=True))
+
+        # === Layers ===
+        self.skip = make_skip(
+            skip,
+            self.skip_options,
+            index=self.index,
+            depth=self.num_units,
+            horizon=horizon,
+            name="skip",
+            dtype=self.dtype_policy,
+        )
+        self.drop_path = DropPath(
+            self.drop_path_rate,
+            granularity=self.drop_path_granularity,
+            seed=self.index,
+            name="drop_path",
+            dtype=self.dtype_policy,
+        )
+
+    # === Extension hooks ===
+    def build_branch(self, input_shape):
+        """Create and build the branch's sublayers for `input_shape` (and check it)."""
+        raise NotImplementedError(f"{type(self).__name__} must implement build_branch(input_shape).")
+
+    def branch(self, x, training=None):
+        """F(x), the residual branch alone, before any branch scale of M and DropPath."""
+        raise NotImplementedError(f"{type(self).__name__} must implement branch(x, training).")
+
+    def residual_shape(self, input_shape):
+        """The shape of F(x) and M(s), where the add happens."""
+        return tuple(input_shape)
+
+    def branch_and_shortcut(self, x, training=None):
+        """(F(x), s): the branch and the tensor the skip mapping acts on."""
+        return self.branch(x, training=training), x
+
+    def after_add(self, y, training=None):
+        """What follows the residual add (nothing by default)."""
+        return y
+
+    def map_skip(self, shortcut, branch, training=None):
+        """(M(shortcut), branch times the scale M imposes). A recurrent cell draws its
+        randomness once per sequence here instead."""
+        return self.skip(shortcut, branch, training=training)
+
+    def apply_drop_path(self, branch, training=None):
+        """DropPath on the branch (a recurrent cell applies its per-sequence mask)."""
+        return self.drop_path(branch, training=training)
+
+    # === The residual unit ===
+    def build(self, input_shape):
+        self.build_branch(input_shape)
+        shape = self.residual_shape(input_shape)
+        self.skip.build(shape)
+        self.drop_path.build(shape)
+
+    def residual(self, shortcut, branch, training=None):
+        """M(shortcut) + DropPath(branch), with the branch scale M may impose: the residual add."""
+        mapped, branch = self.map_skip(shortcut, branch, training=training)
+        return mapped + self.apply_drop_path(branch, training=training)
+
+    def call(self, x, training=None):
+        branch, shortcut = self.branch_and_shortcut(x, training=training)
+        return self.after_add(self.residual(shortcut, branch, training=training), training=training)
+
+    def compute_output_shape(self, input_shape):
+        return self.residual_shape(input_shape)
+
+    def get_config(self):
+        return {
+            **super().get_config(),
+            "skip": self.skip_name,
+            "skip_options": self.skip_options,
+            "drop_path_rate": self.drop_path_rate,
+            "drop_path_granularity": self.drop_path_granularity,
+            "index": self.index,
+            "num_units": self.num_units,
+        }
