@@ -179,6 +179,8 @@ class ResidualMLP(ResidualModel):
             for i, rate in enumerate(rates)
         ]
         features, unit_names = self.stack_units(x, units)
+
+        # === Head, functional model, config: these arguments (zoo.models.base) ===
         super().__init__(
             inputs=inputs, features=features, head_input=features, residual_units=unit_names, arguments=locals(), **kwargs
         )

@@ -149,6 +149,8 @@ class ResNet(ResidualModel):
             x = layers.ReLU(name="final_relu")(x)
         features = x
         pooled = layers.GlobalAveragePooling2D(name="pool")(features)
+
+        # === Head, functional model, config: these arguments (zoo.models.base) ===
         super().__init__(
             inputs=inputs, features=features, head_input=pooled, residual_units=unit_names, arguments=locals(), **kwargs
         )

@@ -353,6 +353,8 @@ class ResidualRNN(_SequenceModelContract):
             x = rnn(x)
             layer_names.append(rnn.name)
         pooled = SequencePool(pool, name="pool")(x) if pool == "mean" else layers.Identity(name="pool")(x)
+
+        # === Head, functional model, config: these arguments (zoo.models.base) ===
         super().__init__(
             inputs=inputs, features=pooled, head_input=pooled, residual_units=[f"{n}/cell" for n in layer_names],
             arguments=locals(), **kwargs,
@@ -418,6 +420,8 @@ class ResidualStackedRNN(_SequenceModelContract):
         ]
         x, unit_names = self.stack_units(x, stack)
         pooled = SequencePool(pool, name="pool")(x)
+
+        # === Head, functional model, config: these arguments (zoo.models.base) ===
         super().__init__(
             inputs=inputs, features=pooled, head_input=pooled, residual_units=unit_names, arguments=locals(), **kwargs
         )

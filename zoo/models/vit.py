@@ -155,6 +155,8 @@ class ViT(ResidualModel):
             features = x
             pooled = TokenPool("avg", num_prefix_tokens=prefix, name="pool")(features)
             pooled = layer_norm("fc_norm")(pooled)
+
+        # === Head, functional model, config: these arguments (zoo.models.base) ===
         super().__init__(
             inputs=inputs, features=features, head_input=pooled, residual_units=unit_names, arguments=locals(), **kwargs
         )
