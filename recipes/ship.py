@@ -48,8 +48,8 @@ def entry_config(cat, name, overrides=None):
 def preprocessing(data):
     """What zoo.data.Dataset.normalize does to this data set's raw arrays."""
     if data.x_train.dtype == np.uint8:
-        return {"rescale": 1 / 255, "mean": list(data.mean), "std": list(data.std)}
-    return {"rescale": 1.0, "mean": [0.0], "std": [1.0], "note": "float data, used as loaded"}
+        return data.preprocessing
+    return {**data.preprocessing, "note": "float data, used as loaded"}
 
 
 def evaluate_subset(model, data, test_subset, seed):

@@ -421,12 +421,12 @@ def fit(config, out, data, model, resume=False):
     })
     model.save_weights(out / "model.weights.h5")
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    model.preprocessing = data.preprocessing  # kept in the preset's config.json too
     zoo.save_preset(model, out / "preset", overwrite=True, metadata={
         "arch": config["model"], "dataset": data.name, "accuracy": {f"{data.name}_test": round(metrics["test_accuracy"], 4),
                                            "test_samples": metrics["test_samples"]},
         # what Dataset.normalize does: uint8 -> (x / 255 - mean) / std; float data as loaded
-        "preprocessing": {"rescale": 1 / 255, "mean": list(data.mean), "std": list(data.std)}
-        if data.x_train.dtype == np.uint8 else {"rescale": 1.0, "mean": [0.0], "std": [1.0]},
+        "preprocessing": data.preprocessing,
         "command": config.get("command"),  # set by main() (or the wrapper that ran it)
         "recipe_config": config,
     })

@@ -10,7 +10,7 @@ Runs unchanged on JAX, TensorFlow and PyTorch (set KERAS_BACKEND).
 from zoo import data, layers, models
 from zoo.errors import UnknownNameError
 from zoo.layers import DropPath, ResidualUnit, SkipMapping, list_skips, make_skip, register_skip
-from zoo.models import ResNet
+from zoo.models import ResidualModel, ResNet
 from zoo.models import ViT
 from zoo.models import ResidualRNN, ResidualRNNCell, ResidualStackedRNN
 from zoo.models import ResidualMLP, ResidualMLPUnit
@@ -26,6 +26,7 @@ __all__ = [
     "ResNet",
     "ResidualMLP",
     "ResidualMLPUnit",
+    "ResidualModel",
     "ResidualRNN",
     "ResidualRNNCell",
     "ResidualStackedRNN",

@@ -6,11 +6,10 @@ themselves on import) and the presets (shipped and local weights):
     registry  <-  models  <-  factory  ->  presets  ->  surgery
 """
 
-import contextlib
-
 from zoo import models  # noqa: F401  (importing the model modules registers them)
 from zoo import presets
 from zoo.errors import UnknownNameError
+from zoo.models.base import dtype_policy_scope
 from zoo.registry import get_model_entry, registered_entries, registered_models
 from zoo.surgery import freeze_trunk as _freeze_trunk
 
@@ -23,30 +22,6 @@ def list_models(pattern="*", family=None, pretrained=False):
     entries = registered_entries()
     names = presets.list_pretrained(pattern)
     return [n for n in names if family is None or getattr(entries.get(n.split(".")[0]), "family", None) == family]
-
-
-@contextlib.contextmanager
-def _dtype_policy(dtype):
-    """Build under `dtype` (a Keras dtype policy or its name): every layer takes it as it is
-    created, as under keras.config.set_dtype_policy; the previous global policy comes back."""
-    if dtype is None:
-        yield
-        return
-    import keras
-
-    try:
-        policy = keras.dtype_policies.get(dtype)
-    except (ValueError, TypeError) as e:
-        raise ValueError(
-            f"Received dtype={dtype!r}; expected a Keras dtype policy or its name, e.g. 'float32', "
-            f"'mixed_bfloat16', 'mixed_float16', 'bfloat16' ({e})."
-        ) from None
-    previous = keras.config.dtype_policy()
-    keras.config.set_dtype_policy(policy)
-    try:
-        yield
-    finally:
-        keras.config.set_dtype_policy(previous)
 
 
 def get_model(name, weights=None, freeze_trunk=False, dtype=None, **overrides):
@@ -79,7 +54,7 @@ def get_model(name, weights=None, freeze_trunk=False, dtype=None, **overrides):
         raise ValueError(f"Received {name!r} and weights={weights!r}; give the weights either as the tag or as weights=.")
     if tag:
         weights = name
-    with _dtype_policy(dtype):
+    with dtype_policy_scope(dtype):
         if weights is None:
             model = entry.builder(**{**entry.defaults, **overrides})
         else:

@@ -61,6 +61,7 @@ import numpy as np
 
 from zoo.convert.checkpoint import resolve_inside
 from zoo import models  # noqa: F401  (registers the model classes a config may name)
+from zoo import preprocessing
 from zoo.registry import get_model_entry, registered_entries
 from zoo.surgery import swap_skip, transfer_weights
 from zoo.version import __version__
@@ -526,6 +527,8 @@ def model_from_config(config, overrides=None, source="config"):
     """Build a model from a serialized config, accepting only registered zoo classes and
     their constructor arguments (no import by name, no code)."""
     cls, args = _config_class(config, source)
+    # the dtype policy is the caller's (get_model(dtype=...)); mixed policies store float32 weights
+    args = {k: v for k, v in args.items() if k != "dtype"}
     try:
         return cls.from_config({**args, **(overrides or {})})
     except (TypeError, ValueError) as e:
@@ -665,6 +668,9 @@ def load_preset(arch, folder, overrides=None, metadata_sha256=None):
         new_skip, new_opts = skip.get("skip", cfg["skip"]), skip.get("skip_options", cfg["skip_options"])
         if new_skip != cfg["skip"] or _differs(new_opts or {}, cfg["skip_options"] or {}):
             model = swap_skip(model, new_skip, new_opts)
+    if model.preprocessing is None and meta.get("preprocessing") is not None:
+        # what the weights expect of an input, kept with the model (see zoo.preprocessing)
+        model.preprocessing = preprocessing.for_channels(preprocessing.from_dict(meta["preprocessing"]), model.input_shape[-1])
     return model
 
 

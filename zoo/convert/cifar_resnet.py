@@ -21,9 +21,9 @@ from zoo.convert.mapping import (
     norm_entries,
     register_layout,
 )
+from zoo.preprocessing import NORMALIZATION, named
 
-CIFAR_MEAN = (0.485, 0.456, 0.406)
-CIFAR_STD = (0.229, 0.224, 0.225)
+CIFAR_MEAN, CIFAR_STD = NORMALIZATION["imagenet"]  # what the source trained with
 REPORTED_ACCURACY = {20: 0.9178, 32: 0.9278, 44: 0.9314, 56: 0.9362}  # best_prec1 in the files
 
 
@@ -86,6 +86,7 @@ class CifarResNetLayout(Layout):
 
         depths = arch["stage_depths"]
         kwargs.setdefault("num_classes", 10)
+        kwargs.setdefault("preprocessing", named("imagenet"))
         if len(set(depths)) == 1 and len(depths) == 3:
             kwargs.setdefault("name", f"resnet{6 * depths[0] + 2}_cifar")
         return ResNet(

@@ -20,9 +20,9 @@ from zoo.convert.mapping import (
     norm_entries,
     register_layout,
 )
+from zoo.preprocessing import NORMALIZATION, for_channels, named
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
+IMAGENET_MEAN, IMAGENET_STD = NORMALIZATION["imagenet"]
 
 
 @register_layout
@@ -80,6 +80,7 @@ class TimmResNetLayout(Layout):
 
         kwargs.setdefault("num_classes", 1000)
         kwargs.setdefault("input_shape", (224, 224, 3))
+        kwargs.setdefault("preprocessing", for_channels(named("imagenet"), kwargs["input_shape"][-1]))
         name = self.describe(arch).split(" ")[0]
         if name.startswith("resnet"):
             kwargs.setdefault("name", name)

@@ -23,9 +23,9 @@ from zoo.convert.mapping import (
     layer_norm_entries,
     register_layout,
 )
+from zoo.preprocessing import NORMALIZATION, for_channels, named
 
-VIT_MEAN = (0.5, 0.5, 0.5)
-VIT_STD = (0.5, 0.5, 0.5)
+VIT_MEAN, VIT_STD = NORMALIZATION["inception"]
 SIZE_NAMES = {192: "tiny", 384: "small", 768: "base", 1024: "large"}
 
 
@@ -113,6 +113,7 @@ class TimmViTLayout(Layout):
             )
         head_dim = 64  # timm's ViT-Ti/S/B/L all use 64-wide heads
         kwargs.setdefault("num_classes", 1000)
+        kwargs.setdefault("preprocessing", for_channels(named("inception"), arch["channels"]))
         size = SIZE_NAMES.get(arch["embed_dim"])
         image = side * arch["patch_size"]
         if size:

@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from zoo.errors import DatasetNotFoundError, UnknownNameError  # noqa: F401
+from zoo.preprocessing import NORMALIZATION, preprocessing_config
 
 DEBIAN_FASHION_MNIST = "/usr/share/datasets/fashion-mnist"
 
@@ -42,6 +43,13 @@ class Dataset:
     @property
     def input_shape(self):
         return tuple(self.x_train.shape[1:])
+
+    @property
+    def preprocessing(self):
+        """What `normalize` does, as a model's preprocessing config (zoo.preprocessing)."""
+        if self.x_train.dtype == np.uint8:
+            return preprocessing_config(1 / 255, self.mean, self.std)
+        return preprocessing_config(1.0, (0.0,), (1.0,))
 
     def normalize(self, x):
         """uint8 images -> float32 (x / 255 - mean) / std; float data unchanged but cast."""
@@ -130,14 +138,14 @@ def load_fashion_mnist(path=None, download=False):
                 "fashion_mnist",
                 arrays["x_train"][..., None], arrays["y_train"].astype("int32"),
                 arrays["x_test"][..., None], arrays["y_test"].astype("int32"),
-                10, str(folder), mean=(0.2860,), std=(0.3530,),
+                10, str(folder), *NORMALIZATION["fashion_mnist"],
             )
     if download:
         import keras
 
         (xtr, ytr), (xte, yte) = keras.datasets.fashion_mnist.load_data()
         return Dataset("fashion_mnist", xtr[..., None], ytr.astype("int32"), xte[..., None], yte.astype("int32"),
-                       10, "keras.datasets", mean=(0.2860,), std=(0.3530,))
+                       10, "keras.datasets", *NORMALIZATION["fashion_mnist"])
     raise DatasetNotFoundError(
         "Fashion-MNIST not found. Looked for the four IDX files (train-images-idx3-ubyte[.gz], ...) in: "
         + ", ".join(str(f) for f in folders)
@@ -177,7 +185,7 @@ def load_digits(test_fraction=0.2, seed=0):
     order = np.random.default_rng(seed).permutation(len(x))
     cut = int(round(len(x) * (1 - test_fraction)))
     tr, te = order[:cut], order[cut:]
-    return Dataset("digits", x[tr], y[tr], x[te], y[te], 10, "sklearn.datasets.load_digits", mean=(0.3,), std=(0.38,))
+    return Dataset("digits", x[tr], y[tr], x[te], y[te], 10, "sklearn.datasets.load_digits", *NORMALIZATION["digits"])
 
 
 def _unpickle_batch(path):
@@ -223,7 +231,7 @@ def load_cifar(num_classes=10, path=None):
 
             xtr, ytr = read(train)
             xte, yte = read([test])
-            mean, std = ((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616))
+            mean, std = NORMALIZATION["cifar10"]  # CIFAR-100 is normalised as CIFAR-10
             return Dataset(f"cifar{num_classes}", xtr, ytr, xte, yte, num_classes, str(folder), mean=mean, std=std)
     raise DatasetNotFoundError(
         f"CIFAR-{num_classes} not found. Looked in: {', '.join(str(f) for f in folders) or '(no path given)'}. "
@@ -255,7 +263,7 @@ def load_image_folder(path, image_size=(32, 32), color_mode="rgb"):
     xte, yte, test_classes = read("test")
     if classes != test_classes:
         raise ValueError(f"train classes {classes} differ from test classes {test_classes} in {root}.")
-    return Dataset("image_folder", xtr, ytr, xte, yte, len(classes), str(root), mean=(0.5,), std=(0.25,))
+    return Dataset("image_folder", xtr, ytr, xte, yte, len(classes), str(root), *NORMALIZATION["image_folder"])
 
 
 LOADERS = {

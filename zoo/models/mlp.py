@@ -15,11 +15,10 @@ import keras
 from keras import layers, ops
 
 from zoo.errors import check_choice, check_range
-from zoo.layers.drop_path import GRANULARITIES, linear_drop_path_rates
+from zoo.layers.drop_path import linear_drop_path_rates
 from zoo.layers.residual import BN_EPSILON, BN_MOMENTUM
-from zoo.layers.skip import get_skip_class
 from zoo.layers.unit import BaseResidualUnit
-from zoo.models.base import InputRankCheck
+from zoo.models.base import INPUT_NAME, ResidualModel
 from zoo.registry import register_model
 
 NORMS = ("batch", "layer", "none")
@@ -94,7 +93,7 @@ class ResidualMLPUnit(BaseResidualUnit):
 
 
 @keras.saving.register_keras_serializable(package="zoo")
-class ResidualMLP(InputRankCheck, keras.Model):
+class ResidualMLP(ResidualModel):
     """A fully-connected ResNet: flatten, Dense stem, `depth` ResidualMLPUnits, linear head.
 
     Args:
@@ -107,8 +106,10 @@ class ResidualMLP(InputRankCheck, keras.Model):
         input_shape: any shape; it is flattened (e.g. (28, 28, 1) or (784,)).
         drop_path_rate: DropPath rate of the last unit; unit l gets rate * l / (L - 1).
         drop_path_granularity: "sample" or "batch".
+        preprocessing, name, dtype: as every zoo model (zoo.models.base.ResidualModel).
 
     Call: inputs (B, *input_shape) -> logits (B, num_classes).
+    forward_features: inputs -> the last representation h_L (B, width).
     """
 
     # What the registered name fixes: a preset of this name must have these (zoo.presets checks it).
@@ -126,7 +127,9 @@ class ResidualMLP(InputRankCheck, keras.Model):
         input_shape=(28, 28, 1),
         drop_path_rate=0.0,
         drop_path_granularity="sample",
+        preprocessing=None,
         name=None,
+        dtype=None,
         **kwargs,
     ):
         # === Validation ===
@@ -134,92 +137,30 @@ class ResidualMLP(InputRankCheck, keras.Model):
         width = int(check_range("width", width, low=1, integer=True))
         hidden = None if hidden is None else int(check_range("hidden", hidden, low=1, integer=True))
         check_choice("norm", norm, NORMS)
-        check_choice("drop_path_granularity", drop_path_granularity, GRANULARITIES)
-        get_skip_class(skip)
-        num_classes = int(check_range("num_classes", num_classes, low=0, integer=True))
+        skip_options, num_classes, drop_path_rate = self.check_common_arguments(
+            skip, skip_options, num_classes, drop_path_rate, drop_path_granularity
+        )
         input_shape = tuple(int(d) for d in input_shape)
         if not input_shape or any(d < 1 for d in input_shape):
             raise ValueError(f"Received input_shape={input_shape}; expected positive sizes, e.g. (28, 28, 1).")
         rates = linear_drop_path_rates(drop_path_rate, depth)
 
         # === Layers and functional model ===
-        inputs = keras.Input(shape=input_shape, name="inputs")
+        inputs = keras.Input(shape=input_shape, name=INPUT_NAME)
         x = layers.Flatten(name="flatten")(inputs) if len(input_shape) > 1 else inputs
         x = layers.Dense(width, kernel_initializer="he_normal", name="stem")(x)
-        unit_names = []
-        for i in range(depth):
-            unit = ResidualMLPUnit(
-                width,
-                hidden=hidden,
-                norm=norm,
-                skip=skip,
-                skip_options=skip_options,
-                drop_path_rate=rates[i],
-                drop_path_granularity=drop_path_granularity,
-                index=i,
-                num_units=depth,
-                name=f"unit{i + 1}",
-            )
-            x = unit(x)
-            unit_names.append(unit.name)
-        features = x
-        outputs = layers.Dense(num_classes, name="head")(features) if num_classes else features
-        super().__init__(inputs=inputs, outputs=outputs, name=name, **kwargs)
-        self._zoo_input_shape = tuple(inputs.shape)  # InputRankCheck
+        common = dict(skip=skip, skip_options=skip_options, drop_path_granularity=drop_path_granularity)
+        units = [
+            ResidualMLPUnit(width, **common, hidden=hidden, norm=norm, drop_path_rate=rate, index=i, num_units=depth,
+                            name=f"unit{i + 1}")
+            for i, rate in enumerate(rates)
+        ]
+        features, unit_names = self.stack_units(x, units)
 
-        # === Config ===
-        self.depth = depth
-        self.width = width
-        self.hidden = hidden
-        self.norm = norm
-        self.skip = skip
-        self.skip_options = dict(skip_options or {})
-        self.num_classes = num_classes
-        self.data_shape = input_shape
-        self.drop_path_rate = float(drop_path_rate)
-        self.drop_path_granularity = drop_path_granularity
-        self._unit_names = unit_names
-        self._features_name = features._keras_history.operation.name
-
-    # === The zoo's model contract ===
-    @property
-    def residual_units(self):
-        """The residual units, input to output (for DropPathFreeze and analysis)."""
-        return [self.get_layer(n) for n in self._unit_names]
-
-    @property
-    def head(self):
-        return self.get_layer("head") if self.num_classes else None
-
-    def feature_extractor(self):
-        """A model sharing this one's layers: inputs -> last representation h_L (B, width)."""
-        return keras.Model(self.inputs, self.get_layer(self._features_name).output, name=f"{self.name}_features")
-
-    def forward_features(self, inputs, training=False):
-        return self.feature_extractor()(inputs, training=training)
-
-    def forward_head(self, features):
-        return self.head(features) if self.num_classes else features
-
-    def get_config(self):
-        return {
-            "name": self.name,
-            "trainable": self.trainable,
-            "depth": self.depth,
-            "width": self.width,
-            "hidden": self.hidden,
-            "norm": self.norm,
-            "skip": self.skip,
-            "skip_options": self.skip_options,
-            "num_classes": self.num_classes,
-            "input_shape": list(self.data_shape),
-            "drop_path_rate": self.drop_path_rate,
-            "drop_path_granularity": self.drop_path_granularity,
-        }
-
-    @classmethod
-    def from_config(cls, config):
-        return cls(**config)
+        # === Head, functional model, config: these arguments (zoo.models.base) ===
+        super().__init__(
+            inputs=inputs, features=features, head_input=features, residual_units=unit_names, arguments=locals(), **kwargs
+        )
 
 
 def fmnist_residual_mlp(depth=8, **kwargs):

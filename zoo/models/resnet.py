@@ -7,10 +7,10 @@ torchvision). Channels-last throughout.
 """
 
 import keras
-from keras import layers, ops
+from keras import layers
 
 from zoo.errors import check_choice, check_range
-from zoo.layers.drop_path import GRANULARITIES, linear_drop_path_rates
+from zoo.layers.drop_path import linear_drop_path_rates
 from zoo.layers.residual import (
     BLOCKS,
     DOWNSAMPLES,
@@ -21,15 +21,14 @@ from zoo.layers.residual import (
     batch_norm,
     conv2d,
 )
-from zoo.layers.skip import get_skip_class
-from zoo.models.base import InputRankCheck
+from zoo.models.base import INPUT_NAME, ResidualModel
 from zoo.registry import register_model
 
 STEMS = ("cifar", "imagenet")
 
 
 @keras.saving.register_keras_serializable(package="zoo")
-class ResNet(InputRankCheck, keras.Model):
+class ResNet(ResidualModel):
     """A residual network whose every unit is y = M(x) + DropPath(F(x)).
 
     Args:
@@ -51,8 +50,10 @@ class ResNet(InputRankCheck, keras.Model):
             own). Off by default, which keeps the weights trained without it; the
             pre-activation presets of the paper (`resnet164_cifar`, `resnet1001_cifar`) and
             its experiment configs turn it on.
+        preprocessing, name, dtype: as every zoo model (zoo.models.base.ResidualModel).
 
-    Call: images (B, H, W, C) -> logits (B, num_classes).
+    Call: inputs, images (B, H, W, C) -> logits (B, num_classes).
+    forward_features: inputs -> the final feature map (B, h, w, C), before pooling.
     """
 
     # What the registered name fixes: a preset of this name must have these (zoo.presets checks it).
@@ -74,7 +75,9 @@ class ResNet(InputRankCheck, keras.Model):
         drop_path_granularity="sample",
         zero_init_last=False,
         shared_first_preact=False,
+        preprocessing=None,
         name=None,
+        dtype=None,
         **kwargs,
     ):
         # === Validation ===
@@ -89,20 +92,21 @@ class ResNet(InputRankCheck, keras.Model):
         check_choice("stem", stem, STEMS)
         check_choice("placement", placement, PLACEMENTS)
         check_choice("downsample", downsample, DOWNSAMPLES)
-        check_choice("drop_path_granularity", drop_path_granularity, GRANULARITIES)
-        get_skip_class(skip)
-        num_classes = int(check_range("num_classes", num_classes, low=0, integer=True))
+        skip_options, num_classes, drop_path_rate = self.check_common_arguments(
+            skip, skip_options, num_classes, drop_path_rate, drop_path_granularity
+        )
         input_shape = tuple(input_shape)
         if len(input_shape) != 3 or any(d is not None and int(d) < 1 for d in input_shape):
             raise ValueError(
                 f"Received input_shape={input_shape}; a ResNet takes rank-3 images "
                 "(height, width, channels), channels last, e.g. (32, 32, 3) or (28, 28, 1)."
             )
+        zero_init_last, shared_first_preact = bool(zero_init_last), bool(shared_first_preact)
         rates = linear_drop_path_rates(drop_path_rate, sum(stage_depths))
         preact = placement in PREACT_PLACEMENTS
 
         # === Layers and functional model ===
-        inputs = keras.Input(shape=input_shape, name="images")
+        inputs = keras.Input(shape=input_shape, name=INPUT_NAME)
         if stem == "cifar":
             x = conv2d(stage_widths[0], 3, name="stem_conv")(inputs)
             if placement != "full_preact":
@@ -117,20 +121,19 @@ class ResNet(InputRankCheck, keras.Model):
             x = layers.ZeroPadding2D(1, name="stem_pool_pad")(x)
             x = layers.MaxPooling2D(3, strides=2, name="stem_pool")(x)
 
+        common = dict(skip=skip, skip_options=skip_options, drop_path_granularity=drop_path_granularity)
         unit_names = []
         index = 0
         for stage, (depth, width) in enumerate(zip(stage_depths, stage_widths)):
             for i in range(depth):
                 unit = ResidualUnit(
                     width,
+                    **common,
                     block=block,
                     stride=2 if (i == 0 and stage > 0) else 1,
                     placement=placement,
-                    skip=skip,
-                    skip_options=skip_options,
                     downsample=downsample,
                     drop_path_rate=rates[index],
-                    drop_path_granularity=drop_path_granularity,
                     zero_init_last=zero_init_last,
                     index=index,
                     num_units=sum(stage_depths),
@@ -146,72 +149,16 @@ class ResNet(InputRankCheck, keras.Model):
             x = layers.ReLU(name="final_relu")(x)
         features = x
         pooled = layers.GlobalAveragePooling2D(name="pool")(features)
-        outputs = layers.Dense(num_classes, name="head")(pooled) if num_classes else pooled
-        super().__init__(inputs=inputs, outputs=outputs, name=name, **kwargs)
-        self._zoo_input_shape = tuple(inputs.shape)  # InputRankCheck
 
-        # === Config ===
-        self.stage_depths = stage_depths
-        self.stage_widths = stage_widths
-        self.block = block
-        self.stem = stem
-        self.placement = placement
-        self.skip = skip
-        self.skip_options = dict(skip_options or {})
-        self.downsample = downsample
-        self.num_classes = num_classes
-        self.image_shape = input_shape
-        self.drop_path_rate = float(drop_path_rate)
-        self.drop_path_granularity = drop_path_granularity
-        self.zero_init_last = bool(zero_init_last)
-        self.shared_first_preact = bool(shared_first_preact)
-        self._unit_names = unit_names
-        self._features_name = features._keras_history.operation.name
-
-    # === The zoo's model contract ===
-    @property
-    def residual_units(self):
-        """The residual units, input to output (for DropPathFreeze and analysis)."""
-        return [self.get_layer(n) for n in self._unit_names]
+        # === Head, functional model, config: these arguments (zoo.models.base) ===
+        super().__init__(
+            inputs=inputs, features=features, head_input=pooled, residual_units=unit_names, arguments=locals(), **kwargs
+        )
 
     @property
-    def head(self):
-        return self.get_layer("head") if self.num_classes else None
-
-    def feature_extractor(self):
-        """A model sharing this one's layers: images -> final feature map (B, h, w, C)."""
-        return keras.Model(self.inputs, self.get_layer(self._features_name).output, name=f"{self.name}_features")
-
-    def forward_features(self, images, training=False):
-        return self.feature_extractor()(images, training=training)
-
-    def forward_head(self, features):
-        pooled = self.get_layer("pool")(features)
-        return self.head(pooled) if self.num_classes else pooled
-
-    def get_config(self):
-        return {
-            "name": self.name,
-            "trainable": self.trainable,
-            "stage_depths": list(self.stage_depths),
-            "stage_widths": list(self.stage_widths),
-            "block": self.block,
-            "stem": self.stem,
-            "placement": self.placement,
-            "skip": self.skip,
-            "skip_options": self.skip_options,
-            "downsample": self.downsample,
-            "num_classes": self.num_classes,
-            "input_shape": list(self.image_shape),
-            "drop_path_rate": self.drop_path_rate,
-            "drop_path_granularity": self.drop_path_granularity,
-            "zero_init_last": self.zero_init_last,
-            "shared_first_preact": self.shared_first_preact,
-        }
-
-    @classmethod
-    def from_config(cls, config):
-        return cls(**config)
+    def image_shape(self):
+        """(H, W, C): the `input_shape` argument."""
+        return tuple(self.input_shape[1:])
 
 
 def cifar_resnet(depth=20, block=None, **kwargs):

@@ -19,10 +19,10 @@ from keras import layers, ops
 from keras.src.layers.rnn.dropout_rnn_cell import DropoutRNNCell
 
 from zoo.errors import check_choice, check_range
-from zoo.layers.drop_path import GRANULARITIES, linear_drop_path_rates
-from zoo.layers.skip import Conv1x1Skip, DropoutSkip, get_skip_class, skip_option_names
+from zoo.layers.drop_path import linear_drop_path_rates
+from zoo.layers.skip import Conv1x1Skip, DropoutSkip, skip_option_names
 from zoo.layers.unit import BaseResidualUnit
-from zoo.models.base import InputRankCheck
+from zoo.models.base import INPUT_NAME, ResidualModel
 from zoo.registry import register_model
 
 POOLS = ("last", "mean")
@@ -213,30 +213,17 @@ def _check_sequence_shape(input_shape):
     return input_shape
 
 
-class _SequenceModelContract:
-    """The zoo's model contract for the recurrent models (shared by both forms)."""
+class _SequenceModelContract(ResidualModel):
+    """What the two recurrent models add to the zoo's contract: their input shape's name."""
 
     @property
-    def head(self):
-        return self.get_layer("head") if self.num_classes else None
-
-    def feature_extractor(self):
-        """A model sharing this one's layers: sequences -> pooled features (B, units)."""
-        return keras.Model(self.inputs, self.get_layer("pool").output, name=f"{self.name}_features")
-
-    def forward_features(self, sequences, training=False):
-        return self.feature_extractor()(sequences, training=training)
-
-    def forward_head(self, features):
-        return self.head(features) if self.num_classes else features
-
-    @classmethod
-    def from_config(cls, config):
-        return cls(**config)
+    def sequence_shape(self):
+        """(steps, features): the `input_shape` argument; steps may be None."""
+        return tuple(self.input_shape[1:])
 
 
 @keras.saving.register_keras_serializable(package="zoo")
-class ResidualRNN(InputRankCheck, _SequenceModelContract, keras.Model):
+class ResidualRNN(_SequenceModelContract):
     """Residual recurrence over time: `num_layers` RNN layers of `ResidualRNNCell`s.
 
     Args:
@@ -252,6 +239,10 @@ class ResidualRNN(InputRankCheck, _SequenceModelContract, keras.Model):
         horizon: the steps over which each cell's skip path M^T is kept bounded; by default
             the number of input steps, which a model with `steps=None` and a mapping that
             scales with it (sparse, correlation) must be given.
+        preprocessing, name, dtype: as every zoo model (zoo.models.base.ResidualModel).
+
+    Call: inputs, sequences (B, T, F) -> logits (B, num_classes).
+    forward_features: inputs -> the pooled features (B, units), before the head.
 
     The residual units are the cells (one per layer, `rnn{l}` layers' `.cell`): each is a
     unit h_t = M(h_{t-1}) + DropPath(F) applied at every time step.
@@ -274,16 +265,18 @@ class ResidualRNN(InputRankCheck, _SequenceModelContract, keras.Model):
         drop_path_rate=0.0,
         drop_path_granularity="sample",
         horizon=None,
+        preprocessing=None,
         name=None,
+        dtype=None,
         **kwargs,
     ):
         # === Validation ===
         units = int(check_range("units", units, low=1, integer=True))
         num_layers = int(check_range("num_layers", num_layers, low=1, integer=True))
         check_choice("pool", pool, POOLS)
-        check_choice("drop_path_granularity", drop_path_granularity, GRANULARITIES)
-        get_skip_class(skip)
-        num_classes = int(check_range("num_classes", num_classes, low=0, integer=True))
+        skip_options, num_classes, drop_path_rate = self.check_common_arguments(
+            skip, skip_options, num_classes, drop_path_rate, drop_path_granularity
+        )
         input_shape = _check_sequence_shape(input_shape)
         rates = drop_path_schedule(drop_path_rate, num_layers)
         if horizon is None:
@@ -298,19 +291,19 @@ class ResidualRNN(InputRankCheck, _SequenceModelContract, keras.Model):
             else:
                 horizon = input_shape[0]
         horizon = int(check_range("horizon", horizon, low=1, integer=True))
+        input_projection = bool(input_projection)
 
         # === Layers and functional model ===
-        inputs = keras.Input(shape=input_shape, name="sequences")
+        inputs = keras.Input(shape=input_shape, name=INPUT_NAME)
         x = layers.Dense(units, name="input_proj")(inputs) if input_projection else inputs
+        common = dict(skip=skip, skip_options=skip_options, drop_path_granularity=drop_path_granularity)
         layer_names = []
         for i in range(num_layers):
             cell = ResidualRNNCell(
                 units,
+                **common,
                 activation=activation,
-                skip=skip,
-                skip_options=skip_options,
                 drop_path_rate=rates[i],
-                drop_path_granularity=drop_path_granularity,
                 index=i,
                 horizon=horizon,
                 name="cell",
@@ -320,51 +313,16 @@ class ResidualRNN(InputRankCheck, _SequenceModelContract, keras.Model):
             x = rnn(x)
             layer_names.append(rnn.name)
         pooled = SequencePool(pool, name="pool")(x) if pool == "mean" else layers.Identity(name="pool")(x)
-        outputs = layers.Dense(num_classes, name="head")(pooled) if num_classes else pooled
-        super().__init__(inputs=inputs, outputs=outputs, name=name, **kwargs)
-        self._zoo_input_shape = tuple(inputs.shape)  # InputRankCheck
 
-        # === Config ===
-        self.units = units
-        self.num_layers = num_layers
-        self.activation = activation
-        self.input_projection = bool(input_projection)
-        self.skip = skip
-        self.skip_options = dict(skip_options or {})
-        self.pool = pool
-        self.num_classes = num_classes
-        self.sequence_shape = input_shape
-        self.drop_path_rate = float(drop_path_rate)
-        self.drop_path_granularity = drop_path_granularity
-        self.horizon = horizon
-        self._rnn_names = layer_names
-
-    @property
-    def residual_units(self):
-        """The `ResidualRNNCell` of every layer, input to output."""
-        return [self.get_layer(n).cell for n in self._rnn_names]
-
-    def get_config(self):
-        return {
-            "name": self.name,
-            "trainable": self.trainable,
-            "units": self.units,
-            "num_layers": self.num_layers,
-            "activation": self.activation,
-            "input_projection": self.input_projection,
-            "skip": self.skip,
-            "skip_options": self.skip_options,
-            "pool": self.pool,
-            "num_classes": self.num_classes,
-            "input_shape": list(self.sequence_shape),
-            "drop_path_rate": self.drop_path_rate,
-            "drop_path_granularity": self.drop_path_granularity,
-            "horizon": self.horizon,
-        }
+        # === Head, functional model, config: these arguments (zoo.models.base) ===
+        super().__init__(
+            inputs=inputs, features=pooled, head_input=pooled, residual_units=[f"{n}/cell" for n in layer_names],
+            arguments=locals(), **kwargs,
+        )  # the residual units are the cells, one per recurrent layer
 
 
 @keras.saving.register_keras_serializable(package="zoo")
-class ResidualStackedRNN(InputRankCheck, _SequenceModelContract, keras.Model):
+class ResidualStackedRNN(_SequenceModelContract):
     """Residual recurrence over depth: input_proj, then `depth` units
     y_l = M(y_{l-1}) + DropPath(RNN_l(y_{l-1})) of LSTM or GRU layers, then pool and head.
 
@@ -374,7 +332,11 @@ class ResidualStackedRNN(InputRankCheck, _SequenceModelContract, keras.Model):
         cell: "lstm" or "gru".
         skip, skip_options: the skip mapping M on the sequence features.
         pool: "last" (last time step) or "mean" (mean over time).
-        num_classes, input_shape, drop_path_rate, drop_path_granularity: as `ResidualRNN`.
+        num_classes, input_shape, drop_path_rate, drop_path_granularity, preprocessing, name,
+            dtype: as `ResidualRNN`.
+
+    Call: inputs, sequences (B, T, F) -> logits (B, num_classes).
+    forward_features: inputs -> the pooled features (B, units), before the head.
     """
 
     # What the registered name fixes: a preset of this name must have these (zoo.presets checks it).
@@ -392,7 +354,9 @@ class ResidualStackedRNN(InputRankCheck, _SequenceModelContract, keras.Model):
         input_shape=(28, 28),
         drop_path_rate=0.0,
         drop_path_granularity="sample",
+        preprocessing=None,
         name=None,
+        dtype=None,
         **kwargs,
     ):
         # === Validation ===
@@ -400,68 +364,27 @@ class ResidualStackedRNN(InputRankCheck, _SequenceModelContract, keras.Model):
         depth = int(check_range("depth", depth, low=1, integer=True))
         check_choice("cell", cell, tuple(RECURRENT_LAYERS))
         check_choice("pool", pool, POOLS)
-        check_choice("drop_path_granularity", drop_path_granularity, GRANULARITIES)
-        get_skip_class(skip)
-        num_classes = int(check_range("num_classes", num_classes, low=0, integer=True))
+        skip_options, num_classes, drop_path_rate = self.check_common_arguments(
+            skip, skip_options, num_classes, drop_path_rate, drop_path_granularity
+        )
         input_shape = _check_sequence_shape(input_shape)
         rates = drop_path_schedule(drop_path_rate, depth)
 
         # === Layers and functional model ===
-        inputs = keras.Input(shape=input_shape, name="sequences")
+        inputs = keras.Input(shape=input_shape, name=INPUT_NAME)
         x = layers.Dense(units, name="input_proj")(inputs)
-        unit_names = []
-        for i in range(depth):
-            unit = RecurrentResidualUnit(
-                units,
-                cell=cell,
-                skip=skip,
-                skip_options=skip_options,
-                drop_path_rate=rates[i],
-                drop_path_granularity=drop_path_granularity,
-                index=i,
-                num_units=depth,
-                name=f"unit{i}",
-            )
-            x = unit(x)
-            unit_names.append(unit.name)
+        common = dict(skip=skip, skip_options=skip_options, drop_path_granularity=drop_path_granularity)
+        stack = [
+            RecurrentResidualUnit(units, **common, cell=cell, drop_path_rate=rate, index=i, num_units=depth, name=f"unit{i}")
+            for i, rate in enumerate(rates)
+        ]
+        x, unit_names = self.stack_units(x, stack)
         pooled = SequencePool(pool, name="pool")(x)
-        outputs = layers.Dense(num_classes, name="head")(pooled) if num_classes else pooled
-        super().__init__(inputs=inputs, outputs=outputs, name=name, **kwargs)
-        self._zoo_input_shape = tuple(inputs.shape)  # InputRankCheck
 
-        # === Config ===
-        self.units = units
-        self.depth = depth
-        self.cell = cell
-        self.skip = skip
-        self.skip_options = dict(skip_options or {})
-        self.pool = pool
-        self.num_classes = num_classes
-        self.sequence_shape = input_shape
-        self.drop_path_rate = float(drop_path_rate)
-        self.drop_path_granularity = drop_path_granularity
-        self._unit_names = unit_names
-
-    @property
-    def residual_units(self):
-        """The `RecurrentResidualUnit`s, input to output."""
-        return [self.get_layer(n) for n in self._unit_names]
-
-    def get_config(self):
-        return {
-            "name": self.name,
-            "trainable": self.trainable,
-            "units": self.units,
-            "depth": self.depth,
-            "cell": self.cell,
-            "skip": self.skip,
-            "skip_options": self.skip_options,
-            "pool": self.pool,
-            "num_classes": self.num_classes,
-            "input_shape": list(self.sequence_shape),
-            "drop_path_rate": self.drop_path_rate,
-            "drop_path_granularity": self.drop_path_granularity,
-        }
+        # === Head, functional model, config: these arguments (zoo.models.base) ===
+        super().__init__(
+            inputs=inputs, features=pooled, head_input=pooled, residual_units=unit_names, arguments=locals(), **kwargs
+        )
 
 
 # === Presets: name -> (builder, defaults) ===

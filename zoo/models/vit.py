@@ -28,8 +28,7 @@ import keras
 from keras import layers
 
 from zoo.errors import check_choice, check_range
-from zoo.layers.drop_path import GRANULARITIES, linear_drop_path_rates
-from zoo.layers.skip import get_skip_class
+from zoo.layers.drop_path import linear_drop_path_rates
 from zoo.layers.transformer import (
     AttentionUnit,
     ClassToken,
@@ -39,14 +38,14 @@ from zoo.layers.transformer import (
     dense,
     layer_norm,
 )
-from zoo.models.base import InputRankCheck
+from zoo.models.base import INPUT_NAME, ResidualModel
 from zoo.registry import register_model
 
 GLOBAL_POOLS = ("token", "avg")
 
 
 @keras.saving.register_keras_serializable(package="zoo")
-class ViT(InputRankCheck, keras.Model):
+class ViT(ResidualModel):
     """A Vision Transformer whose every residual add is y = M(x) + DropPath(F(LN(x))).
 
     Args:
@@ -63,8 +62,11 @@ class ViT(InputRankCheck, keras.Model):
         drop_path_rate: DropPath rate of the last unit; unit l of L = 2 * depth gets
             rate * l / (L - 1).
         drop_path_granularity: "sample" or "batch".
+        preprocessing, name, dtype: as every zoo model (zoo.models.base.ResidualModel).
 
-    Call: images (B, H, W, C) -> logits (B, num_classes).
+    Call: inputs, images (B, H, W, C) -> logits (B, num_classes).
+    forward_features: inputs -> tokens (B, N + 1, D) after the last block (and the final
+    `norm` with global_pool="token").
     """
 
     # What the registered name fixes: a preset of this name must have these (zoo.presets checks it).
@@ -85,7 +87,9 @@ class ViT(InputRankCheck, keras.Model):
         num_classes=1000,
         drop_path_rate=0.0,
         drop_path_granularity="sample",
+        preprocessing=None,
         name=None,
+        dtype=None,
         **kwargs,
     ):
         # === Validation ===
@@ -110,18 +114,19 @@ class ViT(InputRankCheck, keras.Model):
                 "divisible by num_heads."
             )
         mlp_ratio = float(check_range("mlp_ratio", mlp_ratio, low=0.0, low_open=True))
+        class_token = bool(class_token)
         check_choice("global_pool", global_pool, GLOBAL_POOLS)
         if global_pool == "token" and not class_token:
             raise ValueError("Received global_pool='token' with class_token=False; pooling on the "
                              "class token needs one (use global_pool='avg').")
-        check_choice("drop_path_granularity", drop_path_granularity, GRANULARITIES)
-        get_skip_class(skip)
-        num_classes = int(check_range("num_classes", num_classes, low=0, integer=True))
+        skip_options, num_classes, drop_path_rate = self.check_common_arguments(
+            skip, skip_options, num_classes, drop_path_rate, drop_path_granularity
+        )
         rates = linear_drop_path_rates(drop_path_rate, 2 * depth)
         prefix = 1 if class_token else 0
 
         # === Layers and functional model ===
-        inputs = keras.Input(shape=image_size, name="images")
+        inputs = keras.Input(shape=image_size, name=INPUT_NAME)
         x = layers.Conv2D(
             embed_dim, patch_size, strides=patch_size, kernel_initializer="lecun_normal", name="patch_embed"
         )(inputs)
@@ -150,73 +155,14 @@ class ViT(InputRankCheck, keras.Model):
             features = x
             pooled = TokenPool("avg", num_prefix_tokens=prefix, name="pool")(features)
             pooled = layer_norm("fc_norm")(pooled)
-        outputs = dense(num_classes, "head")(pooled) if num_classes else pooled
-        super().__init__(inputs=inputs, outputs=outputs, name=name, **kwargs)
-        self._zoo_input_shape = tuple(inputs.shape)  # InputRankCheck
 
-        # === Config ===
-        self.image_size = image_size
-        self.patch_size = patch_size
-        self.embed_dim = embed_dim
-        self.depth = depth
-        self.num_heads = num_heads
-        self.mlp_ratio = mlp_ratio
-        self.class_token = bool(class_token)
-        self.global_pool = global_pool
-        self.skip = skip
-        self.skip_options = dict(skip_options or {})
-        self.num_classes = num_classes
-        self.drop_path_rate = float(drop_path_rate)
-        self.drop_path_granularity = drop_path_granularity
-        self._unit_names = unit_names
-        self._features_name = features._keras_history.operation.name
+        # === Head, functional model, config: these arguments (zoo.models.base) ===
+        super().__init__(
+            inputs=inputs, features=features, head_input=pooled, residual_units=unit_names, arguments=locals(), **kwargs
+        )
 
-    # === The zoo's model contract ===
-    @property
-    def residual_units(self):
-        """The 2 * depth residual units (attention, MLP, attention, ...), input to output."""
-        return [self.get_layer(n) for n in self._unit_names]
-
-    @property
-    def head(self):
-        return self.get_layer("head") if self.num_classes else None
-
-    def feature_extractor(self):
-        """A model sharing this one's layers: images -> tokens (B, N + 1, D) after the last
-        block (and the final `norm` with global_pool="token")."""
-        return keras.Model(self.inputs, self.get_layer(self._features_name).output, name=f"{self.name}_features")
-
-    def forward_features(self, images, training=False):
-        return self.feature_extractor()(images, training=training)
-
-    def forward_head(self, features):
-        pooled = self.get_layer("pool")(features)
-        if self.global_pool == "avg":
-            pooled = self.get_layer("fc_norm")(pooled)
-        return self.head(pooled) if self.num_classes else pooled
-
-    def get_config(self):
-        return {
-            "name": self.name,
-            "trainable": self.trainable,
-            "image_size": list(self.image_size),
-            "patch_size": self.patch_size,
-            "embed_dim": self.embed_dim,
-            "depth": self.depth,
-            "num_heads": self.num_heads,
-            "mlp_ratio": self.mlp_ratio,
-            "class_token": self.class_token,
-            "global_pool": self.global_pool,
-            "skip": self.skip,
-            "skip_options": self.skip_options,
-            "num_classes": self.num_classes,
-            "drop_path_rate": self.drop_path_rate,
-            "drop_path_granularity": self.drop_path_granularity,
-        }
-
-    @classmethod
-    def from_config(cls, config):
-        return cls(**config)
+    def make_head(self, num_classes):
+        return dense(num_classes, "head")  # timm's initialization
 
 
 # timm's sizes: (embed_dim, depth, num_heads), MLP ratio 4.
