@@ -1,12 +1,13 @@
 """SPEC section 4 (residual RNNs): the cell over time, stacked LSTM/GRU units over depth,
-every mapping, presets, the model contract, serialization, the adding-problem generator.
-(Weights across backends: tests/test_vit.py::test_vit_and_rnn_weights_saved_here_load_on_the_other_backends.)"""
+every mapping, presets, the unit order, the adding-problem generator. Build, contract,
+serialization, DropPathFreeze and weights across backends: the shared runners
+(tests/runners.py, tests/test_model_runners.py)."""
 
 import keras
 import numpy as np
 import pytest
 from conftest import SKIP_CASES, SKIP_IDS, to_numpy
-from test_vit import train_each_one_step
+from runners import run_model_test, train_each_one_step, variants_of
 
 import zoo
 from zoo.data.synthetic import adding_problem
@@ -93,13 +94,10 @@ def test_residual_units_are_ordered_with_their_own_mappings_and_drop_path_schedu
     assert tiny_rnn(drop_path_rate=0.2).residual_units[0].drop_path_rate == 0.2  # a lone unit is the last
 
 
-def test_features_and_head():
-    x = sequences()
-    for model in (tiny_rnn(pool="mean", input_projection=True), tiny_stacked()):
-        features = model.forward_features(x)
-        assert tuple(features.shape) == (8, 4)
-        np.testing.assert_allclose(to_numpy(model.forward_head(features)), to_numpy(model(x)), atol=1e-6)
-    assert tuple(tiny_stacked(num_classes=0)(x).shape) == (8, 4)
+@pytest.mark.parametrize("case", variants_of(zoo.ResidualRNN) + variants_of(zoo.ResidualStackedRNN), ids=lambda c: c.id)
+def test_runner_on_rnn_variants(case):
+    run_model_test(case)
+    assert tuple(case.build().forward_features(case.inputs()).shape) == (4, 4)  # pooled over time: (batch, units)
 
 
 def test_presets_build_for_their_data():
@@ -110,18 +108,6 @@ def test_presets_build_for_their_data():
         shape = next(s for key, s in shapes.items() if name.endswith(key))
         model = zoo.get_model(name, units=8)
         assert tuple(model(np.zeros((2, *shape), "float32")).shape) == (2, model.num_classes)
-
-
-@pytest.mark.parametrize("build", [tiny_rnn, tiny_stacked], ids=["over_time", "over_depth"])
-def test_keras_file_round_trip_is_bit_identical(build, tmp_path):
-    model = build(skip="correlation", skip_options={"rho": 0.4})
-    for v in model.trainable_weights:
-        v.assign(to_numpy(v) + 0.05)
-    model.save(tmp_path / "m.keras")
-    loaded = keras.saving.load_model(tmp_path / "m.keras")
-    assert type(loaded) is type(model) and loaded.get_config() == model.get_config()
-    x = sequences()
-    np.testing.assert_array_equal(to_numpy(loaded(x)), to_numpy(model(x)))
 
 
 def test_adding_problem_is_seeded_and_well_formed():

@@ -1,21 +1,16 @@
-"""SPEC section 4 (ViT): timm's structure and parameter counts, every mapping, the model
-contract, serialization and weights across backends."""
+"""SPEC section 4 (ViT): timm's structure and parameter counts, its forward, every mapping,
+the unit order and pooling. Build, contract, serialization, DropPathFreeze and weights across
+backends: the shared runners (tests/runners.py, tests/test_model_runners.py)."""
 
-import json
 import math
-import os
-import subprocess
-import sys
-from pathlib import Path
 
 import keras
 import numpy as np
 import pytest
 from conftest import SKIP_CASES, SKIP_IDS, to_numpy
+from runners import run_model_test, shapes_only, train_each_one_step, trainable_count, variants_of
 
 import zoo
-
-BACKENDS = ("jax", "tensorflow", "torch")
 
 
 def tiny_vit(**overrides):
@@ -27,29 +22,6 @@ def tiny_vit(**overrides):
 
 def images(n=4, shape=(8, 8, 3), seed=42):
     return np.random.default_rng(seed).standard_normal((n, *shape)).astype("float32")
-
-
-def trainable_count(model):
-    return sum(int(np.prod(w.shape)) for w in model.trainable_weights)
-
-
-def shapes_only(name, **overrides):
-    """Build a preset without initialising its variables (lazy variables): cheap for counting."""
-    with keras.StatelessScope(initialize_variables=False):
-        return zoo.get_model(name, **overrides)
-
-
-def train_each_one_step(models, x, y, loss):
-    """One optimizer step on all `models` at once (one train function for all: cheap).
-    Returns, per model, whether every trainable weight of it moved, and the loss."""
-    inputs = keras.Input(x.shape[1:])
-    joint = keras.Model(inputs, [m(inputs) for m in models])
-    before = [[to_numpy(w) for w in m.trainable_weights] for m in models]
-    joint.compile(optimizer=keras.optimizers.SGD(0.1), loss=[loss] * len(models),
-                  run_eagerly=keras.backend.backend() != "jax")  # JAX: one compile beats eager scans
-    losses = joint.train_on_batch(x, [y] * len(models))
-    moved = [all(np.any(to_numpy(w) != b) for w, b in zip(m.trainable_weights, bs)) for m, bs in zip(models, before)]
-    return moved, losses
 
 
 def test_vit_sizes_have_timm_parameter_counts():
@@ -132,18 +104,13 @@ def test_residual_units_are_ordered_with_their_own_mappings_and_drop_path_schedu
     assert not np.allclose(q0, q1)
 
 
-def test_features_head_and_global_pooling():
+def test_features_keep_the_tokens_and_global_pooling():
     x = images()
-    model = tiny_vit()
-    features = model.forward_features(x)
-    assert tuple(features.shape) == (4, 5, 8)  # class token + 4 patches
-    np.testing.assert_allclose(to_numpy(model.forward_head(features)), to_numpy(model(x)), atol=1e-6)
+    assert tuple(tiny_vit().forward_features(x).shape) == (4, 5, 8)  # class token + 4 patches
     avg = tiny_vit(global_pool="avg", class_token=False)
     assert tuple(avg.forward_features(x).shape) == (4, 4, 8)
-    np.testing.assert_allclose(to_numpy(avg.forward_head(avg.forward_features(x))), to_numpy(avg(x)), atol=1e-6)
     assert avg.get_layer("fc_norm") is not None
-    headless = tiny_vit(num_classes=0)
-    assert tuple(headless(x).shape) == (4, 8) and headless.head is None
+    assert tuple(tiny_vit(num_classes=0)(x).shape) == (4, 8)
 
 
 def test_small_image_presets_build_and_run():
@@ -154,53 +121,9 @@ def test_small_image_presets_build_and_run():
     assert zoo.list_models(family="vit") == sorted(zoo.models.VIT_PRESETS)
 
 
-def test_keras_file_round_trip_is_bit_identical(tmp_path):
-    model = tiny_vit(skip="sparse", skip_options={"k": 2}, global_pool="avg")
-    for v in model.trainable_weights:
-        v.assign(to_numpy(v) + 0.05)
-    path = tmp_path / "vit.keras"
-    model.save(path)
-    loaded = keras.saving.load_model(path)
-    assert isinstance(loaded, zoo.ViT)
-    assert loaded.get_config() == model.get_config()
-    x = images()
-    np.testing.assert_array_equal(to_numpy(loaded(x)), to_numpy(model(x)))
-
-
-def test_vit_and_rnn_weights_saved_here_load_on_the_other_backends(tmp_path, backend):
-    rng = np.random.default_rng(7)
-    cases = [
-        ("vit_identity", tiny_vit(depth=2), images()),
-        ("vit_orthogonal_avg", tiny_vit(skip="orthogonal", global_pool="avg", class_token=False), images()),
-        ("vit_gate", tiny_vit(skip="gate_exclusive"), images()),
-        ("resrnn_orthogonal", zoo.ResidualRNN(units=6, num_layers=2, skip="orthogonal", input_shape=(5, 3), num_classes=3),
-         rng.standard_normal((4, 5, 3)).astype("float32")),
-        ("resgru_sparse", zoo.ResidualStackedRNN(units=6, depth=2, cell="gru", skip="sparse", skip_options={"k": 2},
-                                                 input_shape=(5, 3), num_classes=3),
-         rng.standard_normal((4, 5, 3)).astype("float32")),
-    ]
-    manifest = []
-    for case_id, model, x in cases:
-        for v in model.trainable_weights:
-            v.assign(to_numpy(v) + 0.05 * rng.standard_normal(v.shape).astype("float32"))
-        np.save(tmp_path / f"{case_id}_inputs.npy", x)
-        model.save_weights(tmp_path / f"{case_id}.weights.h5")
-        np.save(tmp_path / f"{case_id}.npy", to_numpy(model(x, training=False)))
-        manifest.append({"id": case_id, "class": keras.saving.get_registered_name(type(model)),
-                         "config": model.get_config(), "inputs": f"{case_id}_inputs.npy",
-                         "weights": f"{case_id}.weights.h5", "outputs": f"{case_id}.npy"})
-    (tmp_path / "manifest.json").write_text(json.dumps(manifest))
-    script = Path(__file__).with_name("cross_backend.py")
-    for other in BACKENDS:
-        if other == backend:
-            continue
-        env = {**os.environ, "KERAS_BACKEND": other}
-        run = subprocess.run([sys.executable, str(script), str(tmp_path)], env=env, capture_output=True, text=True, timeout=600)
-        assert run.returncode == 0, run.stderr[-3000:]
-        report = json.loads([l for l in run.stdout.splitlines() if l.startswith("RESULT ")][-1][len("RESULT "):])
-        assert report["backend"] == other and set(report["diffs"]) == {c[0] for c in cases}
-        for case_id, diff in report["diffs"].items():
-            assert diff <= 1e-5, f"{backend} -> {other}, {case_id}: max abs diff {diff}"
+@pytest.mark.parametrize("case", variants_of(zoo.ViT), ids=lambda c: c.id)
+def test_runner_on_vit_variants(case):
+    run_model_test(case)
 
 
 def test_invalid_arguments_and_inputs_raise_value_errors():
