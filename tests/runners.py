@@ -212,7 +212,7 @@ def run_drop_path_freeze_test(case, max_steps=10):
     """DropPathFreeze on the model: an A step leaves the dropped units untouched and trains the
     rest; a B step trains only the units its A step dropped (variables and optimizer slots)."""
     model = case.build()
-    trainer = DropPathFreeze(model, seed=1)
+    trainer = DropPathFreeze(model, seed=3)
     # JAX compiles the step once (its eager ops are slow); the others run it eagerly, cheaper for
     # a model this small (the compiled step on every backend: tests/test_drop_path_freeze.py).
     trainer.compile(optimizer=keras.optimizers.SGD(0.05, momentum=0.9), loss=CLASSIFY,
