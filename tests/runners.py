@@ -110,10 +110,10 @@ MODEL_VARIANTS = [
 
 def model_classes():
     """Every zoo model class: those the registered presets build, and every keras.Model
-    subclass `zoo.models` exports. Sorted by name."""
+    subclass `zoo.models` exports but the shared base `ResidualModel`. Sorted by name."""
     classes = {entry.model_class() for entry in zoo.registry.registered_entries().values()}
     classes |= {obj for obj in vars(zoo.models).values()
-                if isinstance(obj, type) and issubclass(obj, keras.Model)}
+                if isinstance(obj, type) and issubclass(obj, keras.Model) and obj is not zoo.models.ResidualModel}
     return sorted(classes, key=lambda c: c.__name__)
 
 

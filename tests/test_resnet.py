@@ -58,8 +58,22 @@ def fixed_batch(shape=(16, 8, 8, 3), classes=3):
     return rng.standard_normal(shape).astype("float32"), rng.integers(0, classes, shape[0]).astype("int32")
 
 
-@pytest.mark.parametrize("placement", PLACEMENTS)
-@pytest.mark.parametrize("case", SKIP_CASES, ids=SKIP_IDS)
+# Every mapping in the default placement, and every placement with mappings of each kind (a
+# parameter-free one, a fixed matrix, a gate and a learned conv): the placement decides where
+# the branch ends and the mapping only acts on the shortcut, so the full product (75 cases)
+# repeats the same code paths. Every mapping also trains in full_preact, compiled, below.
+PLACEMENT_CASES = [("original", case) for case in SKIP_CASES] + [
+    (placement, case)
+    for placement in PLACEMENTS
+    if placement != "original"
+    for case in SKIP_CASES
+    if case[0] in ("identity", "sparse", "gate_exclusive", "conv1x1")
+]
+
+
+@pytest.mark.parametrize(
+    "placement,case", PLACEMENT_CASES, ids=[f"{p}-{c[0]}" for p, c in PLACEMENT_CASES]
+)
 def test_every_placement_and_mapping_trains_on_a_small_resnet(placement, case):
     _, skip, options = case
     model = tiny_resnet(placement=placement, skip=skip, skip_options=options)
