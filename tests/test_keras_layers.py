@@ -42,7 +42,9 @@ def harness():
 
 
 def test_skip_cases_cover_every_registered_mapping():
-    assert sorted({skip for _, skip, _ in SKIP_CASES}) == list_skips()
+    # the zoo's own mappings: other test modules register mappings of their own (test_registry)
+    own = [name for name in list_skips() if get_skip_class(name).__module__.startswith("zoo.")]
+    assert sorted({skip for _, skip, _ in SKIP_CASES}) == own
 
 
 # === Skip mappings ===
