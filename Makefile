@@ -22,7 +22,7 @@ install:
 test: install
 	@set -e; for b in $(BACKENDS); do \
 	  echo "=== tests on KERAS_BACKEND=$$b"; \
-	  KERAS_BACKEND=$$b $(PYTHON) -m pytest -q -n 2 -p no:cacheprovider tests $(PYTEST_ARGS); \
+	  KERAS_BACKEND=$$b $(PYTHON) -m pytest -q -n 2 --dist worksteal -p no:cacheprovider tests $(PYTEST_ARGS); \
 	done
 
 # The main job: ResNet-20 with a sparse skip, DropPathFreeze, on the embedded 8x8 digits.

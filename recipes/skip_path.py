@@ -39,7 +39,7 @@ def path_cases(quick):
         )
     if not quick:
         yield "vit_small_patch16_224", lambda skip, opts: analysis.skip_path(
-            zoo.get_model("vit_small_patch16_224", skip=skip, skip_options=opts, image_size=(32, 32, 3), num_classes=10)
+            zoo.get_model("vit_small_patch16_224", skip=skip, skip_options=opts, input_shape=(32, 32, 3), num_classes=10)
         )
     yield "residual_mlp_32x64", lambda skip, opts: analysis.skip_path(
         zoo.ResidualMLP(depth=32, width=64, input_shape=(16,), num_classes=3, skip=skip, skip_options=opts)

@@ -138,10 +138,9 @@ def make_data(config):
 def make_model(config, data, num_classes=None):
     args = dict(config["model_args"])
     allowed = zoo.registry.get_model_entry(config["model"]).allowed_arguments()
-    # The data decide the input: ResNets call it input_shape, ViTs image_size.
-    shape_arg = next((a for a in ("input_shape", "image_size") if a in allowed), None)
-    if shape_arg:
-        args.setdefault(shape_arg, data.input_shape)
+    # The data decide the input (every zoo model calls it input_shape).
+    if "input_shape" in allowed:
+        args.setdefault("input_shape", data.input_shape)
     args.setdefault("num_classes", num_classes or data.num_classes)
     if config.get("freeze_trunk") and not config.get("weights"):
         raise ValueError("freeze_trunk=true needs weights to start from (config key `weights` or --weights).")
@@ -168,6 +167,17 @@ def make_optimizer(config, steps_per_epoch):
     optimizers = {"sgd": keras.optimizers.SGD, "adamw": keras.optimizers.AdamW, "adam": keras.optimizers.Adam}
     if name not in optimizers:
         raise zoo.UnknownNameError("optimizer", name, optimizers)
+    # "decoupled": Keras' weight_decay (w -= lr * wd * w). "coupled": PyTorch's / Torch7's, an
+    # L2 term added to the gradient, through the momentum (what the papers trained with).
+    mode = opt.pop("weight_decay_mode", "decoupled")
+    if mode == "coupled":
+        coupled = {"sgd": zoo.training.SGD, "adam": zoo.training.Adam}
+        if name not in coupled:
+            raise ValueError(f"Received weight_decay_mode='coupled' with optimizer {name!r}; coupled weight "
+                             f"decay is offered for {sorted(coupled)} (AdamW's decay is decoupled by definition).")
+        return coupled[name](learning_rate=lr, coupled_weight_decay=opt.pop("weight_decay", 0.0) or 0.0, **opt)
+    if mode != "decoupled":
+        raise ValueError(f"Received weight_decay_mode={mode!r}; allowed: 'decoupled' (Keras), 'coupled' (PyTorch).")
     return optimizers[name](learning_rate=lr, **opt)
 
 

@@ -4,7 +4,7 @@
 A manifest case may name its model class ("class", Keras' registered name, default
 "zoo>ResNet") and its inputs file ("inputs", default inputs.npy).
 
-Used by test_serialization.py in subprocesses: python tests/cross_backend.py DIR
+Used by runners.run_cross_backend_test in a subprocess: python tests/cross_backend.py DIR
 """
 
 import json

@@ -11,8 +11,8 @@ Runners:
     run_model_test(case)                build, forward, contract, config round trip
     run_model_saving_test(case, tmp)    `.keras` and `.weights.h5` round trips, bit-identical
     run_drop_path_freeze_test(case)     DropPathFreeze A and B steps change only what they should
-    run_cross_backend_test(cases, tmp)  weights saved here load on the other two backends
-                                        (one subprocess per other backend for all cases)
+    run_cross_backend_test(cases, tmp)  weights saved here load on the next backend (a cycle)
+                                        (one subprocess for all cases)
 """
 
 import dataclasses
@@ -67,7 +67,7 @@ MODEL_CASES = [
                    skip="sparse", skip_options={"k": 2, "trainable_values": True}, drop_path_rate=0.5),
               (8, 8, 3)),
     ModelCase("vit", zoo.ViT,
-              dict(image_size=(8, 8, 3), patch_size=4, embed_dim=8, depth=1, num_heads=2, num_classes=3,
+              dict(input_shape=(8, 8, 3), patch_size=4, embed_dim=8, depth=1, num_heads=2, num_classes=3,
                    skip="orthogonal", skip_options={"mode": "learned"}, drop_path_rate=0.5),
               (8, 8, 3)),
     ModelCase("resmlp", zoo.ResidualMLP,
@@ -90,7 +90,7 @@ MODEL_VARIANTS = [
                    downsample="pad", placement="full_preact", skip="orthogonal"),
               (8, 8, 3)),
     ModelCase("vit_avg_no_class_token", zoo.ViT,
-              dict(image_size=(8, 8, 3), patch_size=4, embed_dim=8, depth=2, num_heads=2, num_classes=3,
+              dict(input_shape=(8, 8, 3), patch_size=4, embed_dim=8, depth=2, num_heads=2, num_classes=3,
                    global_pool="avg", class_token=False, skip="gate_exclusive"),
               (8, 8, 3)),
     ModelCase("resmlp_layer_norm", zoo.ResidualMLP,
@@ -252,12 +252,20 @@ def cross_backend_case(case_id, model, x, folder):
             "inputs": f"{case_id}_inputs.npy", "weights": f"{case_id}.weights.h5", "outputs": f"{case_id}.npy"}
 
 
-def run_cross_backend_test(manifest, folder, atol=1e-5):
-    """Load every manifest entry on each other backend, one subprocess per backend for all."""
+def next_backend(here):
+    """The backend that loads what `here` saved: jax -> tensorflow -> torch -> jax. Over the three
+    backends' runs every backend both writes files another loads and loads another's files (the
+    .weights.h5 format itself is backend-neutral), at one subprocess a run instead of two."""
+    return BACKENDS[(BACKENDS.index(here) + 1) % len(BACKENDS)]
+
+
+def run_cross_backend_test(manifest, folder, atol=1e-5, others=None):
+    """Load every manifest entry on the next backend (`others`: these instead), one subprocess
+    for all entries."""
     (folder / "manifest.json").write_text(json.dumps(manifest))
     script = Path(__file__).with_name("cross_backend.py")
     here = keras.backend.backend()
-    for other in BACKENDS:
+    for other in others or [next_backend(here)]:
         if other == here:
             continue
         env = {**os.environ, "KERAS_BACKEND": other}

@@ -266,7 +266,7 @@ def test_timm_vit_reproduces_reference_logits():
 @pytest.mark.parametrize("name, heads", [("vit_small_patch16_224", 6)])  # B differs only in width (768, 12 heads)
 def test_timm_vit_small_and_base_follow_the_same_rules(name, heads):
     """A timm-layout state dict of ViT-S (one block) builds the same architecture and loads exactly."""
-    model = zoo.get_model(name, depth=1, image_size=(32, 32, 3), num_classes=4)
+    model = zoo.get_model(name, depth=1, input_shape=(32, 32, 3), num_classes=4)
     state = export_state_dict(model, "timm_vit")
     assert {"cls_token", "pos_embed", "blocks.0.attn.qkv.weight", "norm.weight", "head.weight"} <= set(state)
     assert state["blocks.0.attn.qkv.weight"].shape == (3 * model.embed_dim, model.embed_dim)
@@ -340,7 +340,7 @@ def test_swap_skip_of_a_shipped_model_keeps_its_branches():
 
 @pytest.mark.skipif(not hasattr(zoo, "ViT"), reason="zoo.ViT is not part of this checkout")
 def test_swap_skip_works_for_a_vit():
-    model = perturbed(zoo.ViT(image_size=(8, 8, 3), patch_size=4, embed_dim=8, depth=1, num_heads=2, num_classes=3))
+    model = perturbed(zoo.ViT(input_shape=(8, 8, 3), patch_size=4, embed_dim=8, depth=1, num_heads=2, num_classes=3))
     x = images()
     same = zoo.swap_skip(model, "identity")
     np.testing.assert_array_equal(to_numpy(same(x)), to_numpy(model(x)))

@@ -150,7 +150,7 @@ def test_preset_of_another_architecture_is_refused_whatever_its_metadata_says(tm
     (unlabelled / "metadata.json").write_text(json.dumps(meta))
     with pytest.raises(WeightsArchitectureError, match="stage_depths"):
         zoo.get_model("resnet20_cifar", weights=unlabelled)
-    vit = zoo.get_model("vit_tiny_patch4_28", depth=1, embed_dim=16, num_heads=2, image_size=(8, 8, 3), num_classes=3)
+    vit = zoo.get_model("vit_tiny_patch4_28", depth=1, embed_dim=16, num_heads=2, input_shape=(8, 8, 3), num_classes=3)
     with pytest.raises(WeightsArchitectureError, match="holds a ViT; model 'resnet20_cifar' is a ResNet"):
         zoo.get_model("resnet20_cifar", weights=small_preset(tmp_path / "vit", vit, arch="resnet20_cifar"))
     # what may differ still loads: the head, the input, the skip, the placement

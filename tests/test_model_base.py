@@ -20,8 +20,8 @@ CONTRACT = ("residual_units", "head", "feature_extractor", "forward_features", "
 # one small model of every class
 SMALL = {
     "resnet": ("resnet20_cifar", dict(input_shape=(8, 8, 3))),
-    "vit": ("vit_tiny_patch4_28", dict(depth=1, embed_dim=16, num_heads=2, image_size=(8, 8, 1))),
-    "vit_avg": ("vit_tiny_patch4_28", dict(depth=1, embed_dim=16, num_heads=2, image_size=(8, 8, 1),
+    "vit": ("vit_tiny_patch4_28", dict(depth=1, embed_dim=16, num_heads=2, input_shape=(8, 8, 1))),
+    "vit_avg": ("vit_tiny_patch4_28", dict(depth=1, embed_dim=16, num_heads=2, input_shape=(8, 8, 1),
                                            global_pool="avg", class_token=False)),
     "mlp": ("resmlp_fmnist_d4", dict(depth=2, width=8, input_shape=(8, 8, 1))),
     "rnn_over_time": ("resrnn_mnist1d", dict(units=8, input_shape=(4, 1))),

@@ -16,7 +16,7 @@ import zoo
 def small_models():
     return {
         "resnet": tiny_resnet(),
-        "vit": zoo.get_model("vit_tiny_patch4_28", depth=1, embed_dim=16, num_heads=2, image_size=(8, 8, 1)),
+        "vit": zoo.get_model("vit_tiny_patch4_28", depth=1, embed_dim=16, num_heads=2, input_shape=(8, 8, 1)),
         "mlp": zoo.get_model("resmlp_fmnist_d4", depth=2, width=8, input_shape=(8, 8, 1)),
         "rnn_over_time": zoo.get_model("resrnn_mnist1d", units=8, input_shape=(4, 1)),
         "rnn_over_depth": zoo.get_model("resgru_mnist1d", units=8, depth=1, input_shape=(4, 1)),

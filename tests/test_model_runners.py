@@ -53,9 +53,10 @@ def test_drop_path_freeze_step_changes_only_what_it_should(cls):
     run_drop_path_freeze_test(the_case(cls))
 
 
-def test_weights_saved_here_load_on_the_other_backends(tmp_path):
+def test_weights_saved_here_load_on_the_next_backend(tmp_path):
     """Every model class, the families' variants, and a ResNet with each skip mapping variant:
-    one subprocess per other backend loads them all and reproduces the outputs."""
+    one subprocess on the next backend (jax -> tensorflow -> torch -> jax) loads them all and
+    reproduces the outputs."""
     manifest = []
     for case in [the_case(cls) for cls in CLASSES] + MODEL_VARIANTS:
         manifest.append(cross_backend_case(case.id, trained_a_little(case.build()), case.inputs(), tmp_path))

@@ -89,3 +89,10 @@ def test_no_private_keras_import_in_the_library():
     # zoo.models.rnn: Keras' RNN layer draws a cell's masks before its loop only for its
     # unexported DropoutRNNCell mixin; there is no public API for that yet.
     assert set(found) <= {"zoo.models.rnn"}, found
+
+
+def test_no_private_torch_api_in_the_library():
+    import re
+
+    found = {n for n, p in MODULES.items() if re.search(r"\btorch\.(_\w+)", p.read_text())}
+    assert not found, f"private torch API used in {sorted(found)}"

@@ -15,7 +15,7 @@ import zoo
 
 def tiny_vit(**overrides):
     """A ViT on 8x8x3 images: 4 patches of 4x4, width 8, 2 heads."""
-    kwargs = dict(image_size=(8, 8, 3), patch_size=4, embed_dim=8, depth=1, num_heads=2, num_classes=3)
+    kwargs = dict(input_shape=(8, 8, 3), patch_size=4, embed_dim=8, depth=1, num_heads=2, num_classes=3)
     kwargs.update(overrides)
     return zoo.ViT(**kwargs)
 
@@ -127,10 +127,10 @@ def test_runner_on_vit_variants(case):
 
 
 def test_invalid_arguments_and_inputs_raise_value_errors():
-    with pytest.raises(ValueError, match=r"image_size=\(30, 30, 3\) with patch_size=4.*divisible"):
-        tiny_vit(image_size=(30, 30, 3))
-    with pytest.raises(ValueError, match=r"image_size=\(8, 8\).*rank-3"):
-        tiny_vit(image_size=(8, 8))
+    with pytest.raises(ValueError, match=r"input_shape=\(30, 30, 3\) with patch_size=4.*divisible"):
+        tiny_vit(input_shape=(30, 30, 3))
+    with pytest.raises(ValueError, match=r"input_shape=\(8, 8\).*rank-3"):
+        tiny_vit(input_shape=(8, 8))
     with pytest.raises(ValueError, match=r"embed_dim=10 with num_heads=4"):
         tiny_vit(embed_dim=10, num_heads=4)
     with pytest.raises(ValueError, match=r"global_pool='cls'"):
@@ -141,3 +141,15 @@ def test_invalid_arguments_and_inputs_raise_value_errors():
         zoo.get_model("vit_tiny_patch16_224", size="huge")
     with pytest.raises(ValueError):
         tiny_vit()(np.zeros((2, 8, 8), "float32"))
+
+
+def test_input_shape_is_the_argument_and_image_size_still_reads_old_configs():
+    model = tiny_vit()
+    config = model.get_config()
+    assert config["input_shape"] == (8, 8, 3) or list(config["input_shape"]) == [8, 8, 3]
+    assert "image_size" not in config and model.image_shape == (8, 8, 3)
+    old = {k: v for k, v in config.items() if k != "input_shape"}
+    old["image_size"] = [8, 8, 3]  # a config written before the rename
+    assert zoo.ViT.from_config(old).image_shape == (8, 8, 3)
+    with pytest.raises(ValueError, match="input_shape"):  # get_model suggests the current name
+        zoo.get_model("vit_tiny_patch4_28", image_size=(8, 8, 1))

@@ -629,7 +629,7 @@ def resolve_weights(arch, weights):
 
 def load_preset(arch, folder, overrides=None, metadata_sha256=None):
     """Build the model stored in a preset folder, verified; `overrides` may change the head
-    (`num_classes`: the head is dropped), the input (`input_shape`/`image_size` channels: the
+    (`num_classes`: the head is dropped), the input (`input_shape` channels: the
     stem is adapted as timm does), the skip (`skip`, `skip_options`: swapped, branches kept)
     or training-only arguments (e.g. `drop_path_rate`)."""
     checked = verify_preset(folder, metadata_sha256)

@@ -68,7 +68,7 @@ class TimmViTLayout(Layout):
             raise ArchitectureMismatchError(
                 f"A timm_vit checkpoint fills a zoo ViT; received a {type(model).__name__} ({model.name!r})."
             )
-        height, width, channels = model.image_size
+        height, width, channels = model.image_shape
         tokens = (height // model.patch_size) * (width // model.patch_size) + int(model.class_token)
         arch = {
             "embed_dim": model.embed_dim,
@@ -109,7 +109,7 @@ class TimmViTLayout(Layout):
         if side * side != grid:
             raise ArchitectureMismatchError(
                 f"The checkpoint's pos_embed has {arch['tokens']} tokens, not a square grid; build the "
-                "zoo ViT yourself with its image_size and use load_torch_weights."
+                "zoo ViT yourself with its input_shape and use load_torch_weights."
             )
         head_dim = 64  # timm's ViT-Ti/S/B/L all use 64-wide heads
         kwargs.setdefault("num_classes", 1000)
@@ -119,7 +119,7 @@ class TimmViTLayout(Layout):
         if size:
             kwargs.setdefault("name", f"vit_{size}_patch{arch['patch_size']}_{image}")
         return ViT(
-            image_size=(image, image, arch["channels"]),
+            input_shape=(image, image, arch["channels"]),
             patch_size=arch["patch_size"],
             embed_dim=arch["embed_dim"],
             depth=arch["depth"],

@@ -165,6 +165,7 @@ def cifar_resnet(depth=20, block=None, **kwargs):
     """CIFAR ResNet of `depth` = 6n+2 (basic units) or 9n+2 (bottleneck units).
 
     `block=None` picks basic for 6n+2 depths and bottleneck otherwise (164, 1001).
+    `stage_widths` (16, 32, 64 by default) may be given for a wide or a narrow variant.
     """
     return ResNet(**cifar_resnet_arguments(depth, block, **kwargs))
 
@@ -188,8 +189,14 @@ def cifar_resnet_arguments(depth=20, block=None, **kwargs):
             f"{3 * per_unit}n + 2 ({'20, 32, 44, 56, 110' if block == 'basic' else '29, 164, 1001'}, ...)."
         )
     n = (depth - 2) // (3 * per_unit)
+    if "stage_depths" in kwargs:
+        raise ValueError(
+            f"Received stage_depths={kwargs['stage_depths']!r} for a CIFAR ResNet of depth {depth}, which "
+            "sets them; use zoo.ResNet(stage_depths=...) for other stage depths."
+        )
     kwargs.setdefault("name", f"resnet{depth}_cifar")
-    return dict(stage_depths=(n, n, n), stage_widths=(16, 32, 64), block=block, stem="cifar", **kwargs)
+    kwargs.setdefault("stage_widths", (16, 32, 64))
+    return dict(stage_depths=(n, n, n), block=block, stem="cifar", **kwargs)
 
 
 IMAGENET_DEPTHS = {

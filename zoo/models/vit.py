@@ -49,8 +49,9 @@ class ViT(ResidualModel):
     """A Vision Transformer whose every residual add is y = M(x) + DropPath(F(LN(x))).
 
     Args:
-        image_size: (height, width, channels), channels last; height and width divisible by
-            patch_size.
+        input_shape: (height, width, channels), channels last; height and width divisible by
+            patch_size (the name every zoo model uses; `image_size` is its former name, still
+            read from old configs).
         patch_size: side of the square patches.
         embed_dim, depth, num_heads, mlp_ratio: width D, number of blocks, attention heads,
             MLP hidden width / D (timm Ti/S/B/L: 192/384/768/1024, 12/12/12/24, 3/6/12/16, 4).
@@ -74,7 +75,7 @@ class ViT(ResidualModel):
 
     def __init__(
         self,
-        image_size=(224, 224, 3),
+        input_shape=(224, 224, 3),
         patch_size=16,
         embed_dim=192,
         depth=12,
@@ -93,16 +94,18 @@ class ViT(ResidualModel):
         **kwargs,
     ):
         # === Validation ===
-        image_size = tuple(image_size)
-        if len(image_size) != 3 or any(not isinstance(d, int) or d < 1 for d in image_size):
+        if "image_size" in kwargs:  # the former name (configs and .keras files written before)
+            input_shape = kwargs.pop("image_size")
+        input_shape = tuple(input_shape)
+        if len(input_shape) != 3 or any(not isinstance(d, int) or d < 1 for d in input_shape):
             raise ValueError(
-                f"Received image_size={image_size}; a ViT takes rank-3 images (height, width, "
+                f"Received input_shape={input_shape}; a ViT takes rank-3 images (height, width, "
                 "channels) with known positive sizes, e.g. (224, 224, 3) or (28, 28, 1)."
             )
         patch_size = int(check_range("patch_size", patch_size, low=1, integer=True))
-        if image_size[0] % patch_size or image_size[1] % patch_size:
+        if input_shape[0] % patch_size or input_shape[1] % patch_size:
             raise ValueError(
-                f"Received image_size={image_size} with patch_size={patch_size}; height and "
+                f"Received input_shape={input_shape} with patch_size={patch_size}; height and "
                 "width must be divisible by the patch size."
             )
         embed_dim = int(check_range("embed_dim", embed_dim, low=1, integer=True))
@@ -126,11 +129,11 @@ class ViT(ResidualModel):
         prefix = 1 if class_token else 0
 
         # === Layers and functional model ===
-        inputs = keras.Input(shape=image_size, name=INPUT_NAME)
+        inputs = keras.Input(shape=input_shape, name=INPUT_NAME)
         x = layers.Conv2D(
             embed_dim, patch_size, strides=patch_size, kernel_initializer="lecun_normal", name="patch_embed"
         )(inputs)
-        grid = (image_size[0] // patch_size) * (image_size[1] // patch_size)
+        grid = (input_shape[0] // patch_size) * (input_shape[1] // patch_size)
         x = layers.Reshape((grid, embed_dim), name="patch_tokens")(x)
         if class_token:
             x = ClassToken(name="cls_token")(x)
@@ -164,6 +167,11 @@ class ViT(ResidualModel):
     def make_head(self, num_classes):
         return dense(num_classes, "head")  # timm's initialization
 
+    @property
+    def image_shape(self):
+        """(H, W, C): the `input_shape` argument."""
+        return tuple(self.input_shape[1:])
+
 
 # timm's sizes: (embed_dim, depth, num_heads), MLP ratio 4.
 VIT_SIZES = {
@@ -188,7 +196,7 @@ def vit_by_size_arguments(size="tiny", **kwargs):
 
 vit_by_size.forwards_to, vit_by_size.arguments = ViT, vit_by_size_arguments
 
-_IMAGENET = dict(image_size=(224, 224, 3), patch_size=16, num_classes=1000)
+_IMAGENET = dict(input_shape=(224, 224, 3), patch_size=16, num_classes=1000)
 # Small-image presets stay small (4 blocks of width 192, 3 heads) so that they train on a CPU.
 _SMALL = dict(size="tiny", depth=4)
 
@@ -198,9 +206,9 @@ VIT_PRESETS = {
     "vit_small_patch16_224": (vit_by_size, dict(size="small", **_IMAGENET)),
     "vit_base_patch16_224": (vit_by_size, dict(size="base", **_IMAGENET)),
     "vit_large_patch16_224": (vit_by_size, dict(size="large", **_IMAGENET)),
-    "vit_tiny_patch4_32": (vit_by_size, dict(**_SMALL, image_size=(32, 32, 3), patch_size=4, num_classes=10)),
-    "vit_tiny_patch4_28": (vit_by_size, dict(**_SMALL, image_size=(28, 28, 1), patch_size=4, num_classes=10)),
-    "vit_tiny_patch2_28": (vit_by_size, dict(**_SMALL, image_size=(28, 28, 1), patch_size=2, num_classes=10)),
+    "vit_tiny_patch4_32": (vit_by_size, dict(**_SMALL, input_shape=(32, 32, 3), patch_size=4, num_classes=10)),
+    "vit_tiny_patch4_28": (vit_by_size, dict(**_SMALL, input_shape=(28, 28, 1), patch_size=4, num_classes=10)),
+    "vit_tiny_patch2_28": (vit_by_size, dict(**_SMALL, input_shape=(28, 28, 1), patch_size=2, num_classes=10)),
 }
 
 for _name, (_builder, _defaults) in VIT_PRESETS.items():

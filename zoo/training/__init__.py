@@ -2,3 +2,4 @@
 
 from zoo.training.drop_path_freeze import DropPathFreeze
 from zoo.training.distribute import DISTRIBUTE_MODES, configure_distribution
+from zoo.training.optimizers import SGD, Adam, CoupledWeightDecay

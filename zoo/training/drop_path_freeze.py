@@ -248,26 +248,22 @@ else:
                 return [ops.copy(v.value) for v, _ in guarded]
             import torch
 
-            # Eager torch: one batched copy of the float values (x * 1 == x bit for bit, -0.0
-            # included; torch's own optimizers use these _foreach ops) instead of one dispatch
-            # per variable; the rest (seed states) cloned.
+            # Eager torch: plain tensor clones (bit for bit, -0.0 and NaN payloads included),
+            # without the per-variable dispatch of keras ops.
             with torch.no_grad():
-                values = [v.value for v, _ in guarded]
-                floats = [i for i, t in enumerate(values) if t.is_floating_point()]
-                copies = dict(zip(floats, torch._foreach_mul([values[i] for i in floats], 1.0)))
-                return [copies[i] if i in copies else values[i].clone() for i in range(len(values))]
+                return [v.value.clone() for v, _ in guarded]
 
         def _restore(self, guarded, old, flags):
             if BACKEND == "torch":
                 import torch
 
                 # Eager torch: read the few flags once (one device sync a step on a GPU) and copy
-                # back only the frozen variables (one batched copy), not a `where` per variable.
+                # back only the frozen variables in place, not a `where` per variable.
                 keep_new = (flags > 0).tolist()
-                frozen = [(v.value, o) for (v, i), o in zip(guarded, old) if not keep_new[i]]
-                if frozen:
-                    with torch.no_grad():
-                        torch._foreach_copy_([t for t, _ in frozen], [o for _, o in frozen])
+                with torch.no_grad():
+                    for (v, i), o in zip(guarded, old):
+                        if not keep_new[i]:
+                            v.value.copy_(o)
             else:
                 for (v, i), o in zip(guarded, old):
                     v.assign(ops.where(flags[i] > 0, v.value, o))
