@@ -15,6 +15,8 @@ results.png beside the runs.
 import argparse
 import json
 import os
+import shlex
+import shutil
 import subprocess
 import sys
 import time
@@ -58,21 +60,30 @@ def run_all(runs, root, jobs, env):
                 print(f"  finished {label} seed {seed} in {time.time() - start:.0f}s: {status}", flush=True)
 
 
-def summarize(experiment, runs, root, device):
+PER_SEED = ("test_accuracy", "test_loss", "train_loss", "train_accuracy", "optimizer_steps", "epochs", "seconds")
+
+
+def summarize(experiment, runs, root, device, command=None):
     rows = []
     for label in experiment["variants"]:
-        accs = []
-        for run_label, seed, _ in runs:
+        per_seed = []
+        for run_label, seed, config in runs:
             f = root / run_label / f"seed{seed}" / "metrics.json"
             if run_label == label and f.is_file():
-                accs.append(json.loads(f.read_text())["test_accuracy"])
+                metrics = json.loads(f.read_text())
+                per_seed.append({"seed": seed, **{k: metrics.get(k) for k in PER_SEED}})
+                dataset = config.get("dataset")
+        accs = [r["test_accuracy"] for r in per_seed]
         rows.append({
             "variant": label,
+            "dataset": dataset if per_seed else None,
             "runs": len(accs),
+            # std over seeds: numpy's population form (ddof=0), as every table here
             "test_accuracy_mean": float(np.mean(accs)) if accs else None,
             "test_accuracy_std": float(np.std(accs)) if len(accs) > 1 else 0.0,
             "test_error_pct_mean": float(100 * (1 - np.mean(accs))) if accs else None,
             "accuracies": accs,
+            "seeds": per_seed,
         })
     base = runs[0][2] if runs else {}
     meta = {
@@ -81,6 +92,7 @@ def summarize(experiment, runs, root, device):
         "train_subset": base.get("train_subset"), "batch_size": base.get("batch_size"),
         "optimizer": base.get("optimizer"), "seeds": experiment.get("seeds", [0]),
         "backend": os.environ.get("KERAS_BACKEND"), "device": device, "date": time.strftime("%Y-%m-%d"),
+        "command": command,
     }
     lines = [
         f"### {experiment.get('title', experiment.get('name'))}",
@@ -133,6 +145,8 @@ def main(argv=None):
     parser.add_argument("--out", default=None, help="default runs/<experiment name>")
     parser.add_argument("--seeds", default=None, help="comma-separated seeds, overriding the file's")
     parser.add_argument("--no-run", action="store_true", help="only tabulate the runs that finished")
+    parser.add_argument("--publish", default=None, metavar="DIR",
+                        help="also copy results.{json,md,png} there (e.g. docs/results/<name>, read by recipes.claims)")
     args = parser.parse_args(argv)
     experiment = json.loads(Path(args.experiment).read_text())
     if args.seeds:
@@ -146,7 +160,15 @@ def main(argv=None):
         env.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
     if not args.no_run:
         run_all(runs, root, args.jobs, env)
-    print(summarize(experiment, runs, root, device_name()))
+    command = " ".join(["python -m recipes.experiment", *map(shlex.quote, sys.argv[1:] if argv is None else argv)])
+    print(summarize(experiment, runs, root, device_name(), command=f"KERAS_BACKEND={os.environ.get('KERAS_BACKEND')} {command}"))
+    if args.publish:
+        publish = Path(args.publish)
+        publish.mkdir(parents=True, exist_ok=True)
+        for name in ("results.json", "results.md", "results.png"):
+            if (root / name).is_file():
+                shutil.copy2(root / name, publish / name)
+        print(f"published to {publish}")
 
 
 if __name__ == "__main__":

@@ -1,11 +1,15 @@
 """Residual Alignment across skip mappings: fully-connected ResNets on Fashion-MNIST.
 
     KERAS_BACKEND=jax python -m recipes.ra_study --out docs/ra_study
+    # the converged regime, 3 seeds (docs/claims.md):
+    KERAS_BACKEND=jax python -m recipes.ra_study --out docs/results/ra_converged --seeds 0 1 2 \
+        --train-size 1000 --epochs 300 --target-loss 0.001 --depths 4 8 16 32 --detail
 
-Trains `ResidualMLP`s (zoo.get_model("resmlp_fmnist_d{L}"), width --width, BatchNorm branches)
+Trains `ResidualMLP`s (zoo.get_model("resmlp_fmnist_d4", depth=L), width --width, BatchNorm branches)
 of every depth in --depths with every skip in --skips (identity, none as the control, then
 orthogonal, sparse and correlation), each with Adam (lr --lr), batch --batch, --epochs epochs on
-the first --train-size Fashion-MNIST training images (seeded, no augmentation); then runs
+the first --train-size Fashion-MNIST training images (seeded, no augmentation; --target-loss
+stops a model once its epoch loss is below it), for each of --seeds; then runs
 zoo.analysis.analyze_model on --num-inputs test images (exact Jacobians: the width is small)
 and writes:
     results.json        every model's summary numbers and test accuracy
@@ -17,6 +21,7 @@ and writes:
 
 import argparse
 import json
+import shlex
 import sys
 import time
 from pathlib import Path
@@ -24,21 +29,22 @@ from pathlib import Path
 import numpy as np
 
 from recipes.analyze import FMNIST_DIR, load_fashion_mnist
+from recipes.train import device_name
 
 SKIPS = ("identity", "none", "orthogonal", "sparse", "correlation")
 SKIP_OPTIONS = {"sparse": {"k": 4}, "correlation": {"rho": 0.5}, "orthogonal": {"mode": "fixed"}}
 
 
-def train_and_analyze(depth, skip, data, args, log):
+def train_and_analyze(depth, skip, data, args, log, seed=0):
     import keras
 
     import zoo
     from zoo import analysis
 
     (x_train, y_train), (x_test, y_test), (x_probe, y_probe) = data
-    keras.utils.set_random_seed(args.seed)
+    keras.utils.set_random_seed(seed)
     model = zoo.get_model(
-        f"resmlp_fmnist_d{depth}", width=args.width, skip=skip, skip_options=SKIP_OPTIONS.get(skip, {})
+        "resmlp_fmnist_d4", depth=depth, width=args.width, skip=skip, skip_options=SKIP_OPTIONS.get(skip, {})
     )
     model.compile(
         optimizer=keras.optimizers.Adam(args.lr),
@@ -46,14 +52,17 @@ def train_and_analyze(depth, skip, data, args, log):
         metrics=["accuracy"],
     )
     start = time.time()
-    history = model.fit(x_train, y_train, batch_size=args.batch, epochs=args.epochs, verbose=0, shuffle=True)
+    history = model.fit(x_train, y_train, batch_size=args.batch, epochs=args.epochs, verbose=0, shuffle=True,
+                        callbacks=[StopBelowLoss(args.target_loss)] if args.target_loss else [])
     train_seconds = time.time() - start
     _, test_accuracy = model.evaluate(x_test, y_test, batch_size=1000, verbose=0)
     start = time.time()
-    report = analysis.analyze_model(model, x_probe, y_probe, k=args.k, rank_tol=args.rank_tol, seed=args.seed)
+    report = analysis.analyze_model(model, x_probe, y_probe, k=args.k, rank_tol=args.rank_tol, seed=seed)
     summary = {
         "depth": depth,
         "skip": skip,
+        "seed": seed,
+        "epochs_run": len(history.history["loss"]),
         "skip_options": SKIP_OPTIONS.get(skip, {}),
         "train_loss": float(history.history["loss"][-1]),
         "test_accuracy": float(test_accuracy),
@@ -69,12 +78,24 @@ def train_and_analyze(depth, skip, data, args, log):
         "analysis_seconds": time.time() - start,
     }
     log(
-        f"d{depth:<3d} {skip:12s} acc {test_accuracy:.4f}  RA1 {summary['ra1_variance_share']:.3f}  "
+        f"d{depth:<3d} {skip:12s} seed {seed} loss {summary['train_loss']:.4f} acc {test_accuracy:.4f}  RA1 {summary['ra1_variance_share']:.3f}  "
         f"RA2 {summary['ra2_within_unit']:.3f}/{summary['ra2_across_units']:.3f}  "
         f"rank {summary['ra3_mean_rank']:.1f}  sigma_1 {summary['mean_sigma_1']:.3f}  "
         f"cos {summary['refinement_mean_cos']:.3f}  ({train_seconds:.0f}s + {summary['analysis_seconds']:.0f}s)"
     )
     return summary, report
+
+
+def StopBelowLoss(target):  # a callback factory: keras is imported late here
+    """A callback that stops training once an epoch's loss is below `target`."""
+    import keras
+
+    class Stop(keras.callbacks.Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            if logs and logs.get("loss", float("inf")) < target:
+                self.model.stop_training = True
+
+    return Stop()
 
 
 def fmt(value, digits=3):
@@ -83,17 +104,18 @@ def fmt(value, digits=3):
 
 def markdown_table(results, slopes, depths):
     lines = [
-        "| skip | L | test acc | RA1 var. share | RA1 step CV | RA2 u1.v1 | RA2 u1^i.u1^j | RA3 rank (C=10) | mean sigma_1 | refinement cos |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| skip | L | seed | train loss | test acc | RA1 var. share | RA1 step CV | RA2 u1.v1 | RA2 u1^i.u1^j | RA3 rank (C=10) | mean sigma_1 | refinement cos |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in results:
         lines.append(
-            f"| {r['skip']} | {r['depth']} | {fmt(r['test_accuracy'], 4)} | {fmt(r['ra1_variance_share'])} | "
+            f"| {r['skip']} | {r['depth']} | {r.get('seed', 0)} | {fmt(r['train_loss'], 4)} | {fmt(r['test_accuracy'], 4)} | {fmt(r['ra1_variance_share'])} | "
             f"{fmt(r['ra1_step_cv'])} | {fmt(r['ra2_within_unit'])} | {fmt(r['ra2_across_units'])} | "
             f"{fmt(r['ra3_mean_rank'], 1)} | {fmt(r['mean_sigma_1'])} | {fmt(r['refinement_mean_cos'])} |"
         )
-    lines += ["", f"RA4, slope of log mean sigma_1 against log L (L = {', '.join(map(str, depths))}):", ""]
-    lines += ["| skip | slope |", "|---|---|"] + [f"| {s} | {fmt(v)} |" for s, v in slopes.items()]
+    lines += ["", f"RA4, slope of log mean sigma_1 against log L (L = {', '.join(map(str, depths))}), per seed:", ""]
+    lines += ["| skip | slope per seed |", "|---|---|"] + [
+        f"| {s} | {', '.join(fmt(x) for x in v.values())} |" for s, v in slopes.items()]
     return "\n".join(lines)
 
 
@@ -101,7 +123,7 @@ def plot_by_skip(results, depth, path):
     from zoo.analysis.plots import _pyplot, _save
 
     plt = _pyplot()
-    rows = [r for r in results if r["depth"] == depth]
+    rows = [r for r in results if r["depth"] == depth and r.get("seed", 0) == results[0].get("seed", 0)]
     keys = [("ra1_variance_share", "RA1 share"), ("ra2_within_unit", "RA2 u1.v1"),
             ("ra2_across_units", "RA2 u1^i.u1^j"), ("refinement_mean_cos", "refinement cos")]
     fig, ax = plt.subplots(figsize=(6, 3.2))
@@ -127,7 +149,9 @@ def main(argv=None):
     parser.add_argument("--num-inputs", type=int, default=6, help="test images analysed per model")
     parser.add_argument("--k", type=int, default=16)
     parser.add_argument("--rank-tol", type=float, default=1e-2)
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0])
+    parser.add_argument("--target-loss", type=float, default=None,
+                        help="stop a model's training once its epoch loss is below this (the converged regime)")
     parser.add_argument("--data-dir", default=FMNIST_DIR)
     parser.add_argument("--detail", nargs="*", default=["identity", "none"], help="skips whose deepest model's full report and plots are written")
     parser.add_argument("--out", required=True)
@@ -145,7 +169,7 @@ def main(argv=None):
     out.mkdir(parents=True, exist_ok=True)
     x_train, y_train = load_fashion_mnist("train", args.data_dir)
     x_test, y_test = load_fashion_mnist("test", args.data_dir)
-    rng = np.random.default_rng(args.seed)
+    rng = np.random.default_rng(0)  # the same probe images for every model
     probe = rng.choice(len(x_test), args.num_inputs, replace=False)
     data = ((x_train[: args.train_size], y_train[: args.train_size]), (x_test, y_test), (x_test[probe], y_test[probe]))
     log(f"backend {keras.backend.backend()}; {args.train_size} training images, {args.epochs} epochs, "
@@ -153,26 +177,34 @@ def main(argv=None):
 
     start = time.time()
     results = []
-    for skip in args.skips:
-        for depth in args.depths:
-            summary, report = train_and_analyze(depth, skip, data, args, log)
-            results.append(summary)
-            if skip in args.detail and depth == max(args.depths):
-                analysis.write_report(report, out / f"{skip}_d{depth}")
+    for seed in args.seeds:
+        for skip in args.skips:
+            for depth in args.depths:
+                summary, report = train_and_analyze(depth, skip, data, args, log, seed=seed)
+                results.append(summary)
+                if skip in args.detail and depth == max(args.depths) and seed == args.seeds[0]:
+                    analysis.write_report(report, out / f"{skip}_d{depth}")
     slopes = {}
     by_skip_depths, by_skip_sigma = {}, {}
     for skip in args.skips:
+        slopes[skip] = {}
+        for seed in args.seeds:
+            rows = [r for r in results if r["skip"] == skip and r["seed"] == seed]
+            if len(rows) > 1:
+                slopes[skip][str(seed)] = metrics.log_log_slope([r["depth"] for r in rows], [r["mean_sigma_1"] for r in rows])
         rows = [r for r in results if r["skip"] == skip]
-        by_skip_depths[skip] = [r["depth"] for r in rows]
-        by_skip_sigma[skip] = [r["mean_sigma_1"] for r in rows]
-        slopes[skip] = metrics.log_log_slope(by_skip_depths[skip], by_skip_sigma[skip]) if len(rows) > 1 else None
+        by_skip_depths[skip] = sorted({r["depth"] for r in rows})
+        by_skip_sigma[skip] = [float(np.mean([r["mean_sigma_1"] for r in rows if r["depth"] == d])) for d in by_skip_depths[skip]]
     plots.plot_sigma1_against_depth(by_skip_depths, by_skip_sigma, out / "ra4_sigma1.png")
     plot_by_skip(results, max(args.depths), out / "ra_by_skip.png")
     table = markdown_table(results, slopes, args.depths)
     settings = {k: v for k, v in vars(args).items()}
     settings["backend"] = keras.backend.backend()
     settings["seconds"] = time.time() - start
-    (out / "results.json").write_text(json.dumps({"settings": settings, "results": results, "ra4_slopes": slopes}, indent=1))
+    settings["device"] = device_name()
+    settings["command"] = f"KERAS_BACKEND={keras.backend.backend()} python -m recipes.ra_study " + " ".join(
+        map(shlex.quote, sys.argv[1:] if argv is None else argv))
+    (out / "results.json").write_text(json.dumps({"settings": settings, "results": results, "ra4_slopes_per_seed": slopes}, indent=1))
     (out / "table.md").write_text(table + "\n")
     print(table)
     log(f"done in {time.time() - start:.0f}s; wrote {out}")

@@ -66,6 +66,9 @@ DEFAULTS = {
     "keep_checkpoints": 2,
     "weights": None,  # start from these weights (fine-tuning): arch.tag, tag, preset folder or file
     "freeze_trunk": False,  # with weights: train the head only
+    # with weights and a model_args.skip that differs from theirs: move to the new skip over
+    # this many training steps (zoo.swap_skip(..., warmup_steps=N)) instead of at once
+    "skip_warmup_steps": 0,
 }
 
 
@@ -144,6 +147,16 @@ def make_model(config, data, num_classes=None):
     args.setdefault("num_classes", num_classes or data.num_classes)
     if config.get("freeze_trunk") and not config.get("weights"):
         raise ValueError("freeze_trunk=true needs weights to start from (config key `weights` or --weights).")
+    warmup = int(config.get("skip_warmup_steps") or 0)
+    if warmup:
+        if not config.get("weights") or "skip" not in args:
+            raise ValueError("skip_warmup_steps needs weights to start from and a model_args.skip to move to.")
+        skip, options = args.pop("skip"), args.pop("skip_options", {})
+        model = zoo.get_model(config["model"], weights=config["weights"], **args)
+        model = zoo.swap_skip(model, skip, options, warmup_steps=warmup)
+        if config.get("freeze_trunk"):
+            zoo.freeze_trunk(model)
+        return model
     return zoo.get_model(config["model"], weights=config.get("weights"), freeze_trunk=bool(config.get("freeze_trunk")), **args)
 
 
@@ -189,6 +202,21 @@ def make_trainer(config, model):
     if kind == "plain":
         return model
     raise ValueError(f"Received trainer.kind={kind!r}; allowed: 'drop_path_freeze', 'plain'.")
+
+
+def training_record(log_csv, trainer):
+    """The last epoch's training loss (and accuracy) from the CSV log (a resumed run's history
+    holds only its own epochs), and the optimizer steps taken (DropPathFreeze's B steps count:
+    runs compared "at equal steps" read this)."""
+    import csv
+
+    record = {"optimizer_steps": int(keras.ops.convert_to_numpy(trainer.optimizer.iterations))}
+    rows = list(csv.DictReader(Path(log_csv).open())) if Path(log_csv).is_file() else []
+    if rows:
+        record["train_loss"] = float(rows[-1]["loss"])
+        if "accuracy" in rows[-1]:
+            record["train_accuracy"] = float(rows[-1]["accuracy"])
+    return record
 
 
 def set_determinism(seed):
@@ -425,6 +453,7 @@ def fit(config, out, data, model, resume=False):
             "--set optimizer.learning_rate=0.01)."
         )
     metrics = evaluate(model, data, config["batch_size"])
+    metrics.update(training_record(out / "log.csv", trainer))
     metrics.update({
         "model": config["model"], "dataset": data.name, "epochs": config["epochs"], "seconds": round(time.time() - start, 1),
         "backend": keras.backend.backend(), "device": device_name(), "keras": keras.__version__, "trainable_params": int(sum(np.prod(w.shape) for w in model.trainable_weights)),

@@ -23,7 +23,7 @@ from zoo.layers.transformer import AttentionUnit, ClassToken, MLPUnit, PositionE
 from zoo.layers.unit import BaseResidualUnit
 from zoo.models.rnn import RecurrentResidualUnit, ResidualRNNCell, SequencePool
 
-from conftest import SKIP_CASES, SKIP_IDS, to_numpy
+from conftest import SKIP_CASES, to_numpy
 
 
 class _Harness(TestCase):
@@ -41,14 +41,24 @@ def harness():
     case.tearDown()
 
 
+# The warm-up mapping of swap_skip(..., warmup_steps=N): a blend of two mappings (here only:
+# the model-level cases of conftest.SKIP_CASES are the mappings a user picks).
+BLEND_CASES = [
+    ("blend", "blend", {"start": "identity", "end": "orthogonal", "steps": 2}),
+    ("blend_gate_sparse", "blend", {"start": "gate_shortcut", "end": "sparse", "end_options": {"k": 2}, "steps": 3}),
+]
+LAYER_SKIP_CASES = SKIP_CASES + BLEND_CASES
+LAYER_SKIP_IDS = [c[0] for c in LAYER_SKIP_CASES]
+
+
 def test_skip_cases_cover_every_registered_mapping():
     # the zoo's own mappings: other test modules register mappings of their own (test_registry)
     own = [name for name in list_skips() if get_skip_class(name).__module__.startswith("zoo.")]
-    assert sorted({skip for _, skip, _ in SKIP_CASES}) == own
+    assert sorted({skip for _, skip, _ in LAYER_SKIP_CASES}) == own
 
 
 # === Skip mappings ===
-@pytest.mark.parametrize("skip, options", [c[1:] for c in SKIP_CASES], ids=SKIP_IDS)
+@pytest.mark.parametrize("skip, options", [c[1:] for c in LAYER_SKIP_CASES], ids=LAYER_SKIP_IDS)
 def test_skip_mapping(harness, skip, options):
     harness.run_layer_test(
         get_skip_class(skip),
@@ -58,7 +68,7 @@ def test_skip_mapping(harness, skip, options):
     )
 
 
-@pytest.mark.parametrize("skip, options", [c[1:] for c in SKIP_CASES], ids=SKIP_IDS)
+@pytest.mark.parametrize("skip, options", [c[1:] for c in LAYER_SKIP_CASES], ids=LAYER_SKIP_IDS)
 def test_skip_mapping_symbolic_pair(skip, options):
     """skip(x) and skip(x, branch) on KerasTensors: compute_output_shape matches call."""
     layer = zoo.make_skip(skip, options)

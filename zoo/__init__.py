@@ -18,7 +18,7 @@ from zoo.registry import register_model
 from zoo.factory import get_model, list_models
 from zoo import convert, presets, registry
 from zoo.presets import get_preset_metadata, load_weights, save_preset
-from zoo.surgery import freeze_trunk, swap_skip
+from zoo.surgery import finish_skip_warmup, freeze_trunk, swap_skip
 from zoo.version import __version__
 
 __all__ = [
@@ -45,4 +45,5 @@ __all__ = [
     "register_skip",
     "save_preset",
     "swap_skip",
+    "finish_skip_warmup",
 ]

@@ -1,6 +1,8 @@
 """Model surgery: change a built model while keeping what it learned.
 
     sparse = zoo.swap_skip(model, "sparse", k=4, seed=0)   # another skip mapping, branches kept
+    warm = zoo.swap_skip(model, "orthogonal", warmup_steps=200)  # moves there over 200 steps
+    ... train warm ...; done = zoo.finish_skip_warmup(warm)   # the new mapping alone
     zoo.freeze_trunk(model)                                # only the classifier head trains
     skipped = transfer_weights(pretrained, new_model)      # fine-tuning: new head, adapted stem
 
@@ -14,7 +16,7 @@ pretrained loading does.
 import keras
 import numpy as np
 
-from zoo.errors import WeightsArchitectureError
+from zoo.errors import WeightsArchitectureError, check_range
 from zoo.layers.skip import get_skip_class
 
 
@@ -23,26 +25,68 @@ def is_skip_weight(path):
     return "/skip/" in f"/{path}"
 
 
-def swap_skip(model, skip, skip_options=None, **options):
+def _skip_config(model, caller):
+    config = model.get_config()
+    if "skip" not in config or "skip_options" not in config:
+        raise ValueError(
+            f"{caller} needs a model whose get_config() has 'skip' and 'skip_options' keys; "
+            f"{type(model).__name__} ({model.name!r}) has {sorted(config)}."
+        )
+    return config
+
+
+def swap_skip(model, skip, skip_options=None, warmup_steps=0, **options):
     """A new model like `model` with skip mapping `skip`; branch weights copied exactly.
 
     Args:
         model: a zoo model whose config has "skip" and "skip_options".
         skip: the registered name of the new mapping, e.g. "orthogonal", "sparse".
         skip_options: its options as a dict, or give them as keywords (`k=4, seed=0`).
+        warmup_steps: 0 swaps at once. N > 0 swaps gradually: every unit's skip becomes
+            (1 - a) M_old + a M_new (the "blend" mapping, old skip weights copied), a going
+            from 0 to 1 over the first N training steps, so training starts from exactly the
+            trained model instead of a jolt; `finish_skip_warmup(model)` then returns the model
+            with the new mapping alone.
 
     Swapping to the model's own mapping and options reproduces its outputs exactly. The new
     mapping's weights (a matrix, a gate) are made from its options, not copied.
     """
-    config = model.get_config()
-    if "skip" not in config or "skip_options" not in config:
-        raise ValueError(
-            f"swap_skip needs a model whose get_config() has 'skip' and 'skip_options' keys; "
-            f"{type(model).__name__} ({model.name!r}) has {sorted(config)}."
-        )
+    config = _skip_config(model, "swap_skip")
     get_skip_class(skip)  # an unknown name says which are valid
     new_options = {**dict(skip_options or {}), **options}
-    config = {**config, "skip": skip, "skip_options": new_options}
+    warmup_steps = int(check_range("warmup_steps", warmup_steps, low=0, integer=True))
+    if warmup_steps:
+        if config["skip"] == "blend":
+            raise ValueError("The model is warming up a swapped skip already; finish_skip_warmup(model) first.")
+        blend = {"start": config["skip"], "start_options": dict(config["skip_options"] or {}),
+                 "end": skip, "end_options": new_options, "steps": warmup_steps}
+        return _rebuild(model, {**config, "skip": "blend", "skip_options": blend},
+                        skip_paths=lambda path: path.replace("/skip/start/", "/skip/", 1))
+    return _rebuild(model, {**config, "skip": skip, "skip_options": new_options})
+
+
+def finish_skip_warmup(model):
+    """The model with the warmed-up mapping alone (end of `swap_skip(..., warmup_steps=N)`): the
+    branch weights and the new mapping's weights copied, the blend and its counter gone. The
+    outputs equal the blended model's once its warm-up is complete (a = 1)."""
+    config = _skip_config(model, "finish_skip_warmup")
+    if config["skip"] != "blend":
+        raise ValueError(f"Model {model.name!r} has skip={config['skip']!r}, not a warm-up ('blend'); nothing to finish.")
+    blend = config["skip_options"]
+    units = getattr(model, "residual_units", [])
+    alphas = {float(keras.ops.convert_to_numpy(u.skip.alpha())) for u in units if hasattr(u.skip, "alpha")}
+    if alphas and min(alphas) < 1.0:
+        raise ValueError(
+            f"The warm-up of {model.name!r} is not complete (a = {min(alphas):.3f} of 1 in some unit); train "
+            f"{blend['steps']} steps first, or swap_skip(model, ...) at once from the start."
+        )
+    return _rebuild(model, {**config, "skip": blend["end"], "skip_options": blend["end_options"]},
+                    skip_paths=lambda path: path.replace("/skip/", "/skip/end/", 1))
+
+
+def _rebuild(model, config, skip_paths=None):
+    """`model` rebuilt from `config`: every non-skip weight copied by path; each skip weight
+    copied from `skip_paths(new_path)` in the old model when given (else made anew)."""
     swapped = type(model).from_config(config)
 
     old = {w.path: w for w in model.weights}
@@ -53,13 +97,19 @@ def swap_skip(model, skip, skip_options=None, **options):
     new_branch = [p for p in new if not is_skip_weight(p)]
     if sorted(old_branch) != sorted(new_branch):
         differ = sorted(set(old_branch) ^ set(new_branch))
-        raise RuntimeError(f"Rebuilding {model.name!r} with skip={skip!r} changed its non-skip weights: {differ[:5]}.")
+        raise RuntimeError(f"Rebuilding {model.name!r} with skip={config['skip']!r} changed its non-skip weights: {differ[:5]}.")
     values = []
     for path in old_branch:
         value = np.asarray(keras.ops.convert_to_numpy(old[path]))
         if value.shape != tuple(new[path].shape):
             raise RuntimeError(f"Weight {path} has shape {value.shape} in the model, {tuple(new[path].shape)} after the swap.")
         values.append((new[path], value))
+    if skip_paths is not None:
+        for path in new:
+            if is_skip_weight(path) and skip_paths(path) in old:
+                value = np.asarray(keras.ops.convert_to_numpy(old[skip_paths(path)]))
+                if value.shape == tuple(new[path].shape):
+                    values.append((new[path], value))
     for variable, value in values:
         variable.assign(value)
     return swapped

@@ -12,6 +12,9 @@ Where each looks (first hit wins):
     cifar10/100    `path` or $ZOO_DATA_DIR/cifar-10-batches-py | cifar-100-python (pickle batches
                    of the official python release, read without unpickling code objects).
     image_folder   `path`/<split>/<class>/*.png|jpg (Keras' image_dataset_from_directory layout).
+    time_invariant, time_variant
+                   generated (zoo.data.synthetic.sign_of_weighted_sum): sequences of `length`
+                   steps, labelled by a rule that ignores / depends on time.
 """
 
 import dataclasses
@@ -274,6 +277,19 @@ LOADERS = {
     "cifar100": lambda path=None: load_cifar(100, path),
     "image_folder": load_image_folder,
 }
+
+
+def load_time_task(rule, length=64, train=8000, test=2000, seed=0):
+    """One of the generated time-invariant / time-variant sequence tasks (2 classes)."""
+    from zoo.data.synthetic import sign_of_weighted_sum
+
+    x, y = sign_of_weighted_sum(int(train) + int(test), length, rule, seed=seed)
+    return Dataset(rule, x[:train], y[:train], x[train:], y[train:], 2,
+                   f"zoo.data.synthetic.sign_of_weighted_sum(length={length}, seed={seed})")
+
+
+LOADERS["time_invariant"] = lambda **kw: load_time_task("time_invariant", **kw)
+LOADERS["time_variant"] = lambda **kw: load_time_task("time_variant", **kw)
 
 
 def load_dataset(name, **kwargs):

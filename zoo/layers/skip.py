@@ -635,3 +635,63 @@ class CorrelationSkip(PathScaledSkip):
 
     def get_config(self):
         return {**super().get_config(), "rho": self.rho, "block": self.block}
+
+
+@register_skip("blend")
+@keras.saving.register_keras_serializable(package="zoo")
+class BlendSkip(SkipMapping):
+    """(1 - a) M_start + a M_end with a = min(1, t / steps), t the training calls so far.
+
+    What `zoo.swap_skip(model, new, warmup_steps=N)` puts in every unit, so that a skip swapped
+    into a trained model moves there gradually: at t = 0 the model is exactly the trained one,
+    after N training steps its skip is the new mapping (then `zoo.finish_skip_warmup(model)`
+    gives the model with the new mapping alone). Both mappings receive the unit's index,
+    depth and horizon, as they would in the unit directly; a branch scale they impose (the
+    gates') is blended the same way.
+
+    Args:
+        start, start_options: the mapping at t = 0 (a registered name and its options).
+        end, end_options: the mapping from t = steps on.
+        steps: training steps of the warm-up (each training call counts one; a DropPathFreeze
+            step that freezes the unit leaves its count as it is, as every other variable).
+    """
+
+    def __init__(self, start="identity", start_options=None, end="identity", end_options=None, steps=100,
+                 index=0, depth=None, horizon=None, **kwargs):
+        super().__init__(**kwargs)
+        if "blend" in (start, end):
+            raise ValueError("Received a 'blend' skip inside a 'blend' skip; start and end are plain mappings.")
+        self.steps = int(check_range("steps", steps, low=1, integer=True))
+        self.index, self.depth, self.horizon = int(index), depth, horizon
+        self.start, self.start_options = start, dict(start_options or {})
+        self.end, self.end_options = end, dict(end_options or {})
+        place = dict(index=index, depth=depth, horizon=horizon)
+        self.start_skip = make_skip(start, self.start_options, **place, name="start", dtype=self.dtype_policy)
+        self.end_skip = make_skip(end, self.end_options, **place, name="end", dtype=self.dtype_policy)
+
+    def build(self, input_shape):
+        self.start_skip.build(input_shape)
+        self.end_skip.build(input_shape)
+        self.count = self.add_weight(name="count", shape=(), initializer="zeros", trainable=False, dtype="float32")
+
+    def alpha(self):
+        """The weight of the end mapping now, in [0, 1]."""
+        return ops.minimum(ops.convert_to_tensor(self.count, "float32") / float(self.steps), 1.0)
+
+    def call(self, x, branch=None, training=None):
+        a = ops.cast(self.alpha(), x.dtype)
+        if training:
+            self.count.assign(self.count + 1.0)
+        if branch is None:
+            return (1 - a) * self.start_skip(x, training=training) + a * self.end_skip(x, training=training)
+        m0, b0 = self.start_skip(x, branch, training=training)
+        m1, b1 = self.end_skip(x, branch, training=training)
+        return (1 - a) * m0 + a * m1, (1 - a) * b0 + a * b1
+
+    def get_config(self):
+        return {
+            **super().get_config(),
+            "start": self.start, "start_options": self.start_options,
+            "end": self.end, "end_options": self.end_options,
+            "steps": self.steps, "index": self.index, "depth": self.depth, "horizon": self.horizon,
+        }

@@ -20,7 +20,7 @@ from keras.src.layers.rnn.dropout_rnn_cell import DropoutRNNCell
 
 from zoo.errors import check_choice, check_range
 from zoo.layers.drop_path import linear_drop_path_rates
-from zoo.layers.skip import Conv1x1Skip, DropoutSkip, skip_option_names
+from zoo.layers.skip import BlendSkip, Conv1x1Skip, DropoutSkip, skip_option_names
 from zoo.layers.unit import BaseResidualUnit
 from zoo.models.base import INPUT_NAME, ResidualModel
 from zoo.registry import register_model
@@ -75,6 +75,11 @@ class ResidualRNNCell(DropoutRNNCell, BaseResidualUnit):
         self.kernel_initializer = keras.initializers.get(kernel_initializer)
         self.recurrent_initializer = keras.initializers.get(recurrent_initializer)
         self.bias_initializer = keras.initializers.get(bias_initializer)
+        if isinstance(self.skip, BlendSkip):
+            raise ValueError(
+                "Received skip='blend' in a ResidualRNNCell; the warm-up counts training calls, and "
+                "inside the time loop every step would count. Swap a recurrent cell's skip directly."
+            )
         if isinstance(self.skip, Conv1x1Skip) and self.skip.norm:
             raise ValueError(
                 "Received skip='conv1x1' with norm=True in a ResidualRNNCell; batch statistics "

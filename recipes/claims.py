@@ -1,0 +1,269 @@
+"""docs/claims.md: each paper's claim, what the zoo measured, and a verdict, from results JSON.
+
+    python -m recipes.claims                  # writes docs/claims.md from docs/results/*/results.json
+    python -m recipes.claims --check          # exit 1 if docs/claims.md is not what the JSON gives
+
+Nothing here trains: every number comes from a study's results.json (every seed's numbers and
+the command that made them), so the page regenerates byte for byte.
+
+Verdicts, from the per-seed numbers (n seeds, sample standard deviation):
+- a comparison "A beats B" (accuracy): the difference of means d and its standard error
+  se = sqrt(s_A^2 / n_A + s_B^2 / n_B). Reproduced when d > 2 se, not reproduced when d < -2 se
+  (the opposite holds), inconclusive in between (the spread does not separate them).
+- a property with a threshold (e.g. RA3: rank <= C): reproduced when every seed meets it, not
+  reproduced when none does, inconclusive otherwise.
+A claim whose study has not been run is listed as "not measured yet", with the command.
+"""
+
+import argparse
+import json
+import math
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "docs" / "results"
+OUT = ROOT / "docs" / "claims.md"
+
+REPRODUCED, NOT_REPRODUCED, INCONCLUSIVE, NOT_MEASURED = "reproduced", "not reproduced", "inconclusive", "not measured yet"
+
+SOURCES = {
+    "lechner": "Lechner et al., \"Entangled Residual Mappings\", arXiv 2206.01261, abstract",
+    "park": "Park, \"ResidualDroppath: Enhancing Feature Reuse over Residual Connections\", arXiv 2411.09475",
+    "li_papyan": "Li & Papyan, \"Residual Alignment\", NeurIPS 2023, arXiv 2401.09018, section 3",
+    "zoo": "this zoo (issue #15: zoo.swap_skip with warmup_steps)",
+}
+
+# The command that (re)makes each study's docs/results/<study>/results.json.
+STUDY_COMMANDS = {
+    "lechner_rnn_time": "KERAS_BACKEND=jax python -m recipes.experiment recipes/experiments/lechner_rnn_time.json "
+                        "--publish docs/results/lechner_rnn_time",
+    "park_droppath_mlp": "KERAS_BACKEND=jax python -m recipes.experiment recipes/experiments/park_droppath_mlp.json "
+                         "--publish docs/results/park_droppath_mlp",
+    "skip_swap_warmup": "KERAS_BACKEND=jax python -m recipes.experiment recipes/experiments/skip_swap_warmup.json "
+                        "--publish docs/results/skip_swap_warmup",
+    "ra_converged": "KERAS_BACKEND=jax python -m recipes.ra_study --out docs/results/ra_converged --seeds 0 1 2 "
+                    "--skips identity none --depths 4 8 16 32 --train-size 1000 --epochs 300 --target-loss 0.001",
+}
+
+# Each claim: the paper's statement, the study (a folder of docs/results) and the test.
+#   compare: variant `a` has higher mean test accuracy than variant `b`
+#   threshold: `metric` of `rows` (filter) compared with `value` (op "<=" or ">=") on every seed
+#   slope: the per-seed RA4 log-log slope of `skip` lies in [low, high]
+CLAIMS = [
+    dict(id="lechner-rnn-variant", source="lechner", study="lechner_rnn_time",
+         claim="In RNNs, orthogonal mappings are an inductive bias for time-variant sequences.",
+         test="compare", a="time_variant/orthogonal", b="time_variant/identity"),
+    dict(id="lechner-rnn-invariant", source="lechner", study="lechner_rnn_time",
+         claim="... and they degrade performance on time-invariant tasks.",
+         test="compare", a="time_invariant/identity", b="time_invariant/orthogonal"),
+    dict(id="park-dpf-vs-droppath", source="park",
+         study="park_droppath_mlp",
+         claim="Training with the ResidualDroppath iterations (droppath, then train the dropped parts and "
+               "freeze the rest) improves on plain droppath training.",
+         test="compare", a="droppathfreeze_0.2", b="droppath_0.2"),
+    dict(id="park-dpf-vs-plain", source="park", study="park_droppath_mlp",
+         claim="... and on training without droppath.",
+         test="compare", a="droppathfreeze_0.2", b="plain"),
+    dict(id="zoo-swap-warmup-orthogonal", source="zoo", study="skip_swap_warmup",
+         claim="Swapping a trained model's identity skip for orthogonal with a 100-step warm-up fine-tunes "
+               "to a higher test accuracy than swapping at once.",
+         test="compare", a="orthogonal_warmup_100", b="orthogonal_at_once"),
+    dict(id="zoo-swap-warmup-sparse", source="zoo", study="skip_swap_warmup",
+         claim="... and for sparse.",
+         test="compare", a="sparse_warmup_100", b="sparse_at_once"),
+    dict(id="ra1-line", source="li_papyan", study="ra_converged",
+         claim="RA1: in a trained ResNet, the intermediate representations of an input lie on a line "
+               "(first principal direction > 90% of the trajectory's variance).",
+         test="threshold", metric="ra1_variance_share", op=">=", value=0.9, rows={"skip": "identity"}),
+    dict(id="ra2-alignment", source="li_papyan", study="ra_converged",
+         claim="RA2: the top singular vectors of the Residual Jacobians align, within and across units "
+               "(|u_1 . v_1| > 0.5 within a unit).",
+         test="threshold", metric="ra2_within_unit", op=">=", value=0.5, rows={"skip": "identity"}),
+    dict(id="ra3-rank", source="li_papyan", study="ra_converged",
+         claim="RA3: Residual Jacobians have rank at most C, the number of classes (C = 10).",
+         test="threshold", metric="ra3_mean_rank", op="<=", value=10.0, rows={"skip": "identity"}),
+    dict(id="ra4-depth", source="li_papyan", study="ra_converged",
+         claim="RA4: the top singular value of the Residual Jacobians scales inversely with depth "
+               "(log-log slope of sigma_1 against L in [-1.5, -0.5]).",
+         test="slope", skip="identity", low=-1.5, high=-0.5),
+    dict(id="ra-none-control", source="li_papyan", study="ra_converged",
+         claim="Without skip connections (skip='none') RA does not occur (RA1 variance share below 0.9).",
+         test="threshold", metric="ra1_variance_share", op="<", value=0.9, rows={"skip": "none"}),
+]
+
+
+# === Statistics ===
+def mean_std(values):
+    """Mean and sample standard deviation (ddof=1; 0 for one value)."""
+    n = len(values)
+    mean = sum(values) / n
+    std = math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1)) if n > 1 else 0.0
+    return mean, std
+
+
+def compare_verdict(a, b):
+    """Verdict that mean(a) > mean(b), from per-seed values: (verdict, d, se)."""
+    (ma, sa), (mb, sb) = mean_std(a), mean_std(b)
+    d = ma - mb
+    se = math.sqrt(sa**2 / len(a) + sb**2 / len(b))
+    if d > 2 * se:
+        return REPRODUCED, d, se
+    if d < -2 * se:
+        return NOT_REPRODUCED, d, se
+    return INCONCLUSIVE, d, se
+
+
+def threshold_verdict(values, op, value):
+    ok = [_holds(v, op, value) for v in values]
+    return REPRODUCED if all(ok) else NOT_REPRODUCED if not any(ok) else INCONCLUSIVE
+
+
+def _holds(v, op, value):
+    return {"<=": v <= value, ">=": v >= value, "<": v < value, ">": v > value}[op]
+
+
+def fmt(mean, std, digits=4):
+    return f"{mean:.{digits}f} ± {std:.{digits}f}"
+
+
+# === Reading a study ===
+def load_study(study, results=RESULTS):
+    path = Path(results) / study / "results.json"
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def experiment_accuracies(data, variant):
+    for row in data["rows"]:
+        if row["variant"] == variant:
+            return [s["test_accuracy"] for s in row.get("seeds", [])] or list(row["accuracies"])
+    raise KeyError(f"variant {variant!r} not in the study (variants: {[r['variant'] for r in data['rows']]})")
+
+
+def study_setting(data):
+    """One line: data, schedule, seeds, backend and the command, from the results JSON."""
+    meta = data.get("meta") or data.get("settings") or {}
+    if "settings" in data:  # recipes.ra_study
+        s = data["settings"]
+        losses = [r["train_loss"] for r in data["results"]]
+        return (f"ResidualMLP width {s['width']}, depths {s['depths']}, Fashion-MNIST ({s['train_size']} training "
+                f"images), Adam lr {s['lr']}, up to {s['epochs']} epochs (stopped below training loss "
+                f"{s.get('target_loss')}), batch {s['batch']}, seeds {s['seeds']}; final training loss "
+                f"{min(losses):.2g} to {max(losses):.2g} over the {len(losses)} models; {s['backend']} backend, "
+                f"{s.get('device', 'CPU')}; command: `{s['command']}`")
+    opt = meta.get("optimizer") or {}
+    decay = opt.get("weight_decay_mode", "decoupled")
+    return (f"{meta.get('model')} on {meta.get('dataset')}"
+            + (f" ({meta['train_subset']} training images)" if meta.get("train_subset") else "")
+            + f", {meta.get('epochs')} epochs, batch {meta.get('batch_size')}, {opt.get('name')} lr "
+            f"{opt.get('learning_rate')} ({opt.get('schedule')}), weight decay {opt.get('weight_decay')} ({decay}), "
+            f"seeds {meta.get('seeds')}, {meta.get('backend')} backend on {meta.get('device')}, {meta.get('date')}; "
+            f"command: `{meta.get('command')}`")
+
+
+def ra_values(data, metric, rows):
+    out = []
+    for r in data["results"]:
+        if all(r.get(k) == v for k, v in rows.items()) and r["depth"] == max(data["settings"]["depths"]):
+            out.append(r[metric])
+    return out
+
+
+def ra_slopes(data, skip):
+    return [v for k, v in sorted(data.get("ra4_slopes_per_seed", {}).get(skip, {}).items())]
+
+
+# === Evaluating a claim ===
+def evaluate(claim, results=RESULTS):
+    """(measured text, verdict, setting line) of one claim."""
+    data = load_study(claim["study"], results)
+    if data is None:
+        return ("not measured yet", NOT_MEASURED,
+                f"study `{claim['study']}` has no results.json yet; run `{STUDY_COMMANDS[claim['study']]}`")
+    setting = study_setting(data)
+    if claim["test"] == "compare":
+        a, b = experiment_accuracies(data, claim["a"]), experiment_accuracies(data, claim["b"])
+        verdict, d, se = compare_verdict(a, b)
+        measured = (f"test accuracy {claim['a']} {fmt(*mean_std(a))} (n={len(a)}) vs {claim['b']} "
+                    f"{fmt(*mean_std(b))} (n={len(b)}); difference {d:+.4f}, standard error {se:.4f}")
+        return measured, verdict, setting
+    if claim["test"] == "threshold":
+        values = ra_values(data, claim["metric"], claim["rows"])
+        if not values:
+            return "no rows for " + json.dumps(claim["rows"]), NOT_MEASURED, setting
+        depth = max(data["settings"]["depths"])
+        measured = (f"{claim['metric']} at depth {depth}, {', '.join(f'{k}={v}' for k, v in claim['rows'].items())}: "
+                    f"{fmt(*mean_std(values), digits=3)} (n={len(values)}; seeds: "
+                    f"{', '.join(f'{v:.3f}' for v in values)}); criterion {claim['op']} {claim['value']}")
+        return measured, threshold_verdict(values, claim["op"], claim["value"]), setting
+    if claim["test"] == "slope":
+        slopes = ra_slopes(data, claim["skip"])
+        if not slopes:
+            return "no per-seed slopes", NOT_MEASURED, setting
+        inside = [claim["low"] <= s <= claim["high"] for s in slopes]
+        verdict = REPRODUCED if all(inside) else NOT_REPRODUCED if not any(inside) else INCONCLUSIVE
+        measured = (f"slope of log sigma_1 against log L ({claim['skip']}): {fmt(*mean_std(slopes), digits=3)} "
+                    f"(n={len(slopes)}; seeds: {', '.join(f'{s:.3f}' for s in slopes)}); "
+                    f"criterion in [{claim['low']}, {claim['high']}]")
+        return measured, verdict, setting
+    raise ValueError(f"Received test={claim['test']!r}; allowed: 'compare', 'threshold', 'slope'.")
+
+
+def render(results=RESULTS, claims=CLAIMS):
+    evaluated = [(c, *evaluate(c, results)) for c in claims]
+    counts = {}
+    for _, _, verdict, _ in evaluated:
+        counts[verdict] = counts.get(verdict, 0) + 1
+    lines = [
+        "# Claims: what the zoo measured",
+        "",
+        "Generated by `python -m recipes.claims` from `docs/results/<study>/results.json` (every seed's",
+        "numbers and the command that made them); do not edit by hand. Verdicts: a comparison is",
+        "*reproduced* when the difference of means exceeds twice its standard error (sample standard",
+        "deviation over seeds), *not reproduced* when the opposite does, *inconclusive* in between; a",
+        "property with a threshold is reproduced when every seed meets it. Scale: small models a",
+        "2-core CPU converges in minutes, so a verdict here is about that scale, not the papers' own.",
+        "",
+        "Summary: " + ", ".join(f"{n} {v}" for v, n in sorted(counts.items())) + ".",
+        "",
+        "| claim | source | verdict |",
+        "|---|---|---|",
+    ]
+    for c, _, verdict, _ in evaluated:
+        lines.append(f"| [{c['id']}](#{c['id']}) | {SOURCES[c['source']].split(',')[0]} | **{verdict}** |")
+    for c, measured, verdict, setting in evaluated:
+        lines += [
+            "",
+            f"## {c['id']}",
+            "",
+            f"- Claim: {c['claim']}",
+            f"- Source: {SOURCES[c['source']]}",
+            f"- Measured: {measured}",
+            f"- Setting: {setting}",
+            f"- Verdict: **{verdict}**",
+        ]
+    return "\n".join(lines) + "\n"
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--results", default=str(RESULTS))
+    parser.add_argument("--out", default=str(OUT))
+    parser.add_argument("--check", action="store_true", help="exit 1 when --out differs from what the JSON gives")
+    args = parser.parse_args(argv)
+    text = render(Path(args.results))
+    out = Path(args.out)
+    if args.check:
+        same = out.is_file() and out.read_text() == text
+        print(f"{out}: {'up to date' if same else 'differs from the results JSON; run python -m recipes.claims'}")
+        return 0 if same else 1
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_suffix(".tmp")
+    tmp.write_text(text)
+    tmp.replace(out)
+    print(f"wrote {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,94 @@
+"""Swapping the skip of a trained model gradually (issue #15, fine-tuning and skip surgery):
+zoo.swap_skip(model, new, warmup_steps=N) starts from exactly the trained model and reaches the
+new mapping after N training steps; zoo.finish_skip_warmup gives the new mapping alone."""
+
+import keras
+import numpy as np
+import pytest
+from conftest import tiny_resnet, to_numpy
+
+import zoo
+from zoo.training import DropPathFreeze
+
+LOSS = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+
+
+def data():
+    rng = np.random.default_rng(0)
+    return rng.standard_normal((8, 8, 8, 3)).astype("float32"), (np.arange(8) % 3).astype("int32")
+
+
+def alphas(model):
+    return [float(to_numpy(u.skip.alpha())) for u in model.residual_units]
+
+
+@pytest.mark.parametrize("old,new,new_options", [("identity", "orthogonal", {}),
+                                                 ("conv1x1", "sparse", {"k": 2})])
+def test_warmup_starts_at_the_trained_model_and_ends_at_the_new_mapping(old, new, new_options, tmp_path):
+    x, y = data()
+    trained = tiny_resnet(skip=old, placement="original")
+    for w in trained.trainable_weights:  # a learned skip (conv1x1) must be carried, not re-made
+        w.assign(to_numpy(w) + 0.05)
+    warm = zoo.swap_skip(trained, new, new_options, warmup_steps=3)
+    np.testing.assert_array_equal(to_numpy(warm(x, training=False)), to_numpy(trained(x, training=False)))
+    assert alphas(warm) == [0.0] * len(warm.residual_units)
+
+    warm.compile(optimizer=keras.optimizers.SGD(0.01), loss=LOSS)
+    warm.fit(x, y, batch_size=4, epochs=1, verbose=0, shuffle=False)  # 2 steps
+    assert alphas(warm) == pytest.approx([2 / 3] * len(warm.residual_units))
+    with pytest.raises(ValueError, match="not complete"):
+        zoo.finish_skip_warmup(warm)
+    warm.fit(x, y, batch_size=4, epochs=1, verbose=0, shuffle=False)
+    assert alphas(warm) == [1.0] * len(warm.residual_units)
+
+    done = zoo.finish_skip_warmup(warm)
+    assert done.get_config()["skip"] == new and done.get_config()["skip_options"] == new_options
+    np.testing.assert_allclose(to_numpy(done(x, training=False)), to_numpy(warm(x, training=False)), atol=1e-5)
+    assert not any("/skip/count" in w.path for w in done.weights)
+
+    warm.save(tmp_path / "warm.keras")  # mid-warm-up models save and load with their counters
+    again = keras.saving.load_model(tmp_path / "warm.keras")
+    assert alphas(again) == alphas(warm)
+    np.testing.assert_array_equal(to_numpy(again(x, training=False)), to_numpy(warm(x, training=False)))
+
+
+def test_warmup_inside_drop_path_freeze():
+    x, y = data()
+    warm = zoo.swap_skip(tiny_resnet(drop_path_rate=0.2), "orthogonal", warmup_steps=4)
+    trainer = DropPathFreeze(warm, granularity="batch", seed=3)
+    trainer.compile(optimizer=keras.optimizers.SGD(0.01), loss=LOSS)
+    history = trainer.fit(x, y, batch_size=4, epochs=3, verbose=0)
+    assert np.all(np.isfinite(history.history["loss"]))
+    assert all(0.0 < a <= 1.0 for a in alphas(warm))  # counted, except in steps that froze the unit
+
+
+def test_bad_warmups_are_refused_clearly():
+    model = tiny_resnet()
+    with pytest.raises(ValueError, match="warmup_steps"):
+        zoo.swap_skip(model, "orthogonal", warmup_steps=-1)
+    with pytest.raises(ValueError, match="not a warm-up"):
+        zoo.finish_skip_warmup(model)
+    warm = zoo.swap_skip(model, "orthogonal", warmup_steps=2)
+    with pytest.raises(ValueError, match="finish_skip_warmup"):
+        zoo.swap_skip(warm, "sparse", warmup_steps=2)
+    with pytest.raises(ValueError, match="blend.*ResidualRNNCell"):
+        zoo.ResidualRNN(units=4, input_shape=(5, 1), num_classes=2, skip="blend",
+                        skip_options={"start": "identity", "end": "orthogonal"})
+
+
+def test_recipe_config_warms_up_a_swapped_skip():
+    import types
+
+    from recipes.train import load_config, make_model
+
+    data = types.SimpleNamespace(input_shape=(28, 28, 1), num_classes=10)
+    config = load_config(None, ["weights=resnet20_cifar.fmnist_identity", "model_args.skip=orthogonal",
+                                "skip_warmup_steps=50"])
+    model = make_model(config, data)
+    blend = model.residual_units[0].skip
+    assert (blend.start, blend.end, blend.steps) == ("identity", "orthogonal", 50)
+    shipped = zoo.get_model("resnet20_cifar.fmnist_identity")
+    x = np.random.default_rng(0).uniform(-1, 1, (2, 28, 28, 1)).astype("float32")
+    np.testing.assert_array_equal(to_numpy(model(x, training=False)), to_numpy(shipped(x, training=False)))
+    with pytest.raises(ValueError, match="skip_warmup_steps needs weights"):
+        make_model(load_config(None, ["model_args.skip=orthogonal", "skip_warmup_steps=5"]), data)
