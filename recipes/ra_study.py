@@ -7,7 +7,8 @@
 
 Trains `ResidualMLP`s (zoo.get_model("resmlp_fmnist_d4", depth=L), width --width, BatchNorm branches)
 of every depth in --depths with every skip in --skips (identity, none as the control, then
-orthogonal, sparse and correlation), each with Adam (lr --lr), batch --batch, --epochs epochs on
+orthogonal, sparse and correlation), each with Adam (lr --lr; AdamW with --weight-decay), batch
+--batch, --epochs epochs on
 the first --train-size Fashion-MNIST training images (seeded, no augmentation; --target-loss
 stops a model once its epoch loss is below it), for each of --seeds; then runs
 zoo.analysis.analyze_model on --num-inputs test images (exact Jacobians: the width is small)
@@ -47,7 +48,8 @@ def train_and_analyze(depth, skip, data, args, log, seed=0):
         "resmlp_fmnist_d4", depth=depth, width=args.width, skip=skip, skip_options=SKIP_OPTIONS.get(skip, {})
     )
     model.compile(
-        optimizer=keras.optimizers.Adam(args.lr),
+        optimizer=keras.optimizers.AdamW(args.lr, weight_decay=args.weight_decay) if args.weight_decay
+        else keras.optimizers.Adam(args.lr),
         loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
         metrics=["accuracy"],
     )
@@ -146,6 +148,8 @@ def main(argv=None):
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--batch", type=int, default=128)
     parser.add_argument("--lr", type=float, default=1e-3)
+    parser.add_argument("--weight-decay", type=float, default=0.0,
+                        help="AdamW's (decoupled) weight decay; 0: Adam without decay")
     parser.add_argument("--num-inputs", type=int, default=6, help="test images analysed per model")
     parser.add_argument("--k", type=int, default=16)
     parser.add_argument("--rank-tol", type=float, default=1e-2)

@@ -452,8 +452,9 @@ def fit(config, out, data, model, resume=False):
             f"Training stopped: {guard.failed}. {kept} after lowering the learning rate, e.g. "
             "--set optimizer.learning_rate=0.01)."
         )
+    record = training_record(out / "log.csv", trainer)  # before evaluate, which recompiles `model`
     metrics = evaluate(model, data, config["batch_size"])
-    metrics.update(training_record(out / "log.csv", trainer))
+    metrics.update(record)
     metrics.update({
         "model": config["model"], "dataset": data.name, "epochs": config["epochs"], "seconds": round(time.time() - start, 1),
         "backend": keras.backend.backend(), "device": device_name(), "keras": keras.__version__, "trainable_params": int(sum(np.prod(w.shape) for w in model.trainable_weights)),

@@ -58,6 +58,7 @@ def test_page_from_results_is_deterministic_and_says_what_was_measured(tmp_path)
     for claim_id in ("ra1-line", "ra2-alignment", "ra3-rank", "ra4-depth", "ra-none-control"):
         assert f"| [{claim_id}](#{claim_id}) | Li & Papyan | **reproduced** |" in page
     assert "**not measured yet**" in page and "recipes/experiments/lechner_rnn_time.json" in page
+    assert "no finished run of droppathfreeze_0.2_2x_epochs" in page  # a variant the results lack
     assert "coupled" in page and "python -m recipes.experiment x" in page
     out = tmp_path / "claims.md"
     assert claims.main(["--results", str(tmp_path), "--out", str(out)]) == 0

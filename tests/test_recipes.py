@@ -2,6 +2,7 @@
 and stops on NaN keeping the last good checkpoint."""
 
 import json
+import math
 import os
 import signal
 import subprocess
@@ -37,6 +38,13 @@ def run_cli(out, *args, epochs=3):
     return subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 
+def test_metrics_count_the_steps_of_a_plain_trainer_too(tmp_path):
+    plain = tiny_config(epochs=1, trainer={"kind": "plain"})
+    data, model = recipe.prepare(plain, tmp_path)
+    metrics = recipe.fit(plain, tmp_path, data, model)  # its evaluation recompiles the model afterwards
+    assert metrics["optimizer_steps"] == math.ceil(len(data.x_train) / plain["batch_size"])
+
+
 def test_train_writes_logs_checkpoints_and_metrics(tmp_path):
     config = tiny_config(epochs=2)
     data, model = recipe.prepare(config, tmp_path)
@@ -44,6 +52,8 @@ def test_train_writes_logs_checkpoints_and_metrics(tmp_path):
     assert 0.0 <= metrics["test_accuracy"] <= 1.0 and metrics["test_samples"] == 64
     assert json.loads((tmp_path / "metrics.json").read_text())["test_accuracy"] == metrics["test_accuracy"]
     assert len((tmp_path / "log.csv").read_text().strip().splitlines()) == 3  # header + 2 epochs
+    steps = math.ceil(len(data.x_train) / config["batch_size"])
+    assert metrics["optimizer_steps"] == 2 * steps and np.isfinite(metrics["train_loss"])  # what studies compare on
     assert json.loads((tmp_path / "checkpoints" / "latest.json").read_text())["epoch"] == 2
     assert (tmp_path / "model.weights.h5").is_file() and (tmp_path / "tensorboard").is_dir()
     meta = zoo.presets.verify_preset(tmp_path / "preset")["metadata"]  # checksummed preset folder
