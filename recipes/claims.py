@@ -171,7 +171,6 @@ def experiment_accuracies(data, variant):
 
 def study_setting(data):
     """One line: data, schedule, seeds, backend and the command, from the results JSON."""
-    meta = data.get("meta") or data.get("settings") or {}
     if "settings" in data:  # recipes.ra_study
         s = data["settings"]
         losses = [r["train_loss"] for r in data["results"]]
@@ -186,6 +185,7 @@ def study_setting(data):
                 f"{min(losses):.2g} to {max(losses):.2g} over the {len(losses)} models (worst by skip: {worst}); "
                 f"{s['backend']} backend, "
                 f"{s.get('device', 'CPU')}; command: `{s['command']}`")
+    meta = data["meta"]  # recipes.experiment
     opt = meta.get("optimizer") or {}
     decay = opt.get("weight_decay_mode", "decoupled")
     datasets = sorted({r["dataset"] for r in data.get("rows", []) if r.get("dataset")})
@@ -218,12 +218,14 @@ def evaluate(claim, results=RESULTS):
         return ("not measured yet", NOT_MEASURED,
                 f"study `{claim['study']}` has no results.json yet; run `{STUDY_COMMANDS[claim['study']]}`")
     setting = study_setting(data)
-    if claim["test"] == "compare":
-        a, b = experiment_accuracies(data, claim["a"]), experiment_accuracies(data, claim["b"])
-        if not a or not b:
-            missing = [v for v, acc in ((claim["a"], a), (claim["b"], b)) if not acc]
+    if claim["test"] in ("compare", "compare_gain"):
+        names = [claim["a"], claim["b"]] if claim["test"] == "compare" else [*claim["a"], *claim["b"]]
+        missing = [v for v in names if not experiment_accuracies(data, v)]
+        if missing:
             return (f"no finished run of {', '.join(missing)} yet", NOT_MEASURED,
                     setting + f"; rerun `{STUDY_COMMANDS[claim['study']]}` (finished runs are kept)")
+    if claim["test"] == "compare":
+        a, b = experiment_accuracies(data, claim["a"]), experiment_accuracies(data, claim["b"])
         verdict, d, se = compare_verdict(a, b)
         measured = (f"test accuracy {claim['a']} {fmt(*mean_std(a))} (n={len(a)}) vs {claim['b']} "
                     f"{fmt(*mean_std(b))} (n={len(b)}); difference {d:+.4f}, standard error {se:.4f}")

@@ -66,7 +66,7 @@ PER_SEED = ("test_accuracy", "test_loss", "train_loss", "train_accuracy", "optim
 def summarize(experiment, runs, root, device, command=None):
     rows = []
     for label in experiment["variants"]:
-        per_seed = []
+        per_seed, dataset = [], None
         for run_label, seed, config in runs:
             f = root / run_label / f"seed{seed}" / "metrics.json"
             if run_label == label and f.is_file():
@@ -76,7 +76,7 @@ def summarize(experiment, runs, root, device, command=None):
         accs = [r["test_accuracy"] for r in per_seed]
         rows.append({
             "variant": label,
-            "dataset": dataset if per_seed else None,
+            "dataset": dataset,
             "runs": len(accs),
             # std over seeds: numpy's population form (ddof=0), as every table here
             "test_accuracy_mean": float(np.mean(accs)) if accs else None,

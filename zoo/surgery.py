@@ -108,8 +108,10 @@ def _rebuild(model, config, skip_paths=None):
         for path in new:
             if is_skip_weight(path) and skip_paths(path) in old:
                 value = np.asarray(keras.ops.convert_to_numpy(old[skip_paths(path)]))
-                if value.shape == tuple(new[path].shape):
-                    values.append((new[path], value))
+                if value.shape != tuple(new[path].shape):
+                    raise RuntimeError(f"Skip weight {skip_paths(path)} has shape {value.shape}; its place "
+                                       f"{path} after the rebuild has {tuple(new[path].shape)}.")
+                values.append((new[path], value))
     for variable, value in values:
         variable.assign(value)
     return swapped
