@@ -25,14 +25,21 @@ def test_compare_verdicts_follow_the_spread():
     assert claims.compare_verdict([0.80, 0.81, 0.82], [0.90, 0.91, 0.92])[0] == claims.NOT_REPRODUCED
     # a mean difference of 0.01 against seeds that spread 0.05: cannot tell
     assert claims.compare_verdict([0.85, 0.90, 0.95], [0.84, 0.89, 0.94])[0] == claims.INCONCLUSIVE
-    _, d, se = claims.compare_verdict([1.0, 3.0], [0.0, 0.0])
-    assert d == pytest.approx(2.0) and se == pytest.approx(1.0)  # sample std sqrt(2) / sqrt(2)
+    _, d, se = claims.compare_verdict([1.0, 3.0, 2.0], [0.0, 0.0, 0.0])
+    assert d == pytest.approx(2.0) and se == pytest.approx(1 / 3**0.5)  # sample std 1, over sqrt(3)
+
+
+def test_fewer_than_three_seeds_give_no_verdict():
+    """One seed (the old README's tables) is a reading: far apart or not, it stays inconclusive."""
+    assert claims.compare_verdict([0.82], [0.67])[0] == claims.INCONCLUSIVE
+    assert claims.compare_verdict([0.90, 0.91], [0.80, 0.81])[0] == claims.INCONCLUSIVE
+    assert claims.threshold_verdict([0.95, 0.97], ">=", 0.9) == claims.INCONCLUSIVE
 
 
 def test_threshold_verdicts_need_every_seed():
-    assert claims.threshold_verdict([0.95, 0.97], ">=", 0.9) == claims.REPRODUCED
-    assert claims.threshold_verdict([0.95, 0.85], ">=", 0.9) == claims.INCONCLUSIVE
-    assert claims.threshold_verdict([0.5, 0.6], ">=", 0.9) == claims.NOT_REPRODUCED
+    assert claims.threshold_verdict([0.95, 0.97, 0.96], ">=", 0.9) == claims.REPRODUCED
+    assert claims.threshold_verdict([0.95, 0.85, 0.96], ">=", 0.9) == claims.INCONCLUSIVE
+    assert claims.threshold_verdict([0.5, 0.6, 0.7], ">=", 0.9) == claims.NOT_REPRODUCED
 
 
 def write(root, study, data):
@@ -45,11 +52,11 @@ def test_page_from_results_is_deterministic_and_says_what_was_measured(tmp_path)
         "plain": [0.80, 0.81, 0.80], "droppath_0.2": [0.82, 0.80, 0.81], "droppathfreeze_0.2": [0.86, 0.87, 0.86]}))
     write(tmp_path, "ra_converged", {
         "settings": {"width": 16, "depths": [2, 4], "train_size": 100, "lr": 1e-3, "epochs": 5, "batch": 8,
-                     "seeds": [0, 1], "backend": "jax", "target_loss": 0.001, "command": "python -m recipes.ra_study"},
+                     "seeds": [0, 1, 2], "backend": "jax", "target_loss": 0.001, "command": "python -m recipes.ra_study"},
         "results": [{"skip": s, "depth": d, "seed": seed, "train_loss": 0.001, "ra1_variance_share": share,
                      "ra2_within_unit": 0.9, "ra3_mean_rank": 4.0}
-                    for s, share in (("identity", 0.95), ("none", 0.5)) for d in (2, 4) for seed in (0, 1)],
-        "ra4_slopes_per_seed": {"identity": {"0": -0.9, "1": -1.1}, "none": {"0": 0.1, "1": 0.2}},
+                    for s, share in (("identity", 0.95), ("none", 0.5)) for d in (2, 4) for seed in (0, 1, 2)],
+        "ra4_slopes_per_seed": {"identity": {"0": -0.9, "1": -1.1, "2": -1.0}, "none": {"0": 0.1, "1": 0.2, "2": 0.1}},
     })
     page = claims.render(tmp_path)
     assert page == claims.render(tmp_path)  # byte for byte

@@ -286,6 +286,17 @@ def test_timm_vit_into_a_vit_of_another_size_is_an_architecture_error():
     assert_unchanged(model, before)
 
 
+@pytest.mark.skipif(not hasattr(zoo, "ViT"), reason="zoo.ViT is not part of this checkout")
+def test_timm_vit_into_an_rms_norm_vit_is_an_architecture_error():
+    small = dict(depth=1, input_shape=(32, 32, 3), num_classes=4)
+    state = export_state_dict(zoo.get_model("vit_tiny_patch16_224", **small), "timm_vit")
+    model = zoo.get_model("vit_tiny_patch16_224", norm="rms", **small)
+    before = snapshot(model)
+    with pytest.raises(ArchitectureMismatchError, match=r"differ in norm"):
+        load_torch_weights(model, state)
+    assert_unchanged(model, before)
+
+
 # === swap_skip ===
 def perturbed(model):
     rng = np.random.default_rng(1)

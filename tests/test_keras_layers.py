@@ -130,6 +130,7 @@ TOKEN_CASES = [
     ("attention_orthogonal", AttentionUnit, dict(num_heads=2, skip="orthogonal", skip_options={"mode": "learned"})),
     ("mlp", MLPUnit, dict(hidden_dim=8, drop_path_rate=0.1)),
     ("mlp_correlation", MLPUnit, dict(hidden_dim=8, skip="correlation", num_units=4, index=1)),
+    ("mlp_rms_norm", MLPUnit, dict(hidden_dim=8, norm="rms")),
 ]
 
 

@@ -143,6 +143,21 @@ def test_invalid_arguments_and_inputs_raise_value_errors():
         tiny_vit()(np.zeros((2, 8, 8), "float32"))
 
 
+def test_rms_norm_keeps_the_token_mean_that_layer_norm_removes():
+    """norm="rms" (the LayerNorm-confound control of docs/claims.md) puts RMSNorm everywhere."""
+    model = tiny_vit(norm="rms", depth=2)
+    kinds = {type(layer).__name__ for layer in model._flatten_layers() if "Normalization" in type(layer).__name__}
+    assert kinds == {"RMSNormalization"}, kinds
+    assert {type(u.norm).__name__ for u in model.residual_units} == {"RMSNormalization"}
+    assert zoo.ViT.from_config(model.get_config()).norm == "rms"
+    constant = np.full((1, 3, 8), 2.0, "float32")  # tokens along the mean direction only
+    rms_unit, layer_unit = model.residual_units[0], tiny_vit().residual_units[0]
+    np.testing.assert_allclose(to_numpy(rms_unit.norm(constant)), 1.0, atol=1e-4)
+    np.testing.assert_allclose(to_numpy(layer_unit.norm(constant)), 0.0, atol=1e-4)
+    with pytest.raises(ValueError, match=r"norm='batch'; allowed values are 'layer', 'rms'"):
+        tiny_vit(norm="batch")
+
+
 def test_input_shape_is_the_argument_and_image_size_still_reads_old_configs():
     model = tiny_vit()
     config = model.get_config()

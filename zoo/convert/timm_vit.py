@@ -51,6 +51,7 @@ class TimmViTLayout(Layout):
             "class_token": "cls_token" in state,
             "global_pool": "avg" if "fc_norm.weight" in state else "token",
             "mlp_ratio": (int(fc1.shape[0]) / embed_dim) if fc1 is not None else None,
+            "norm": "layer",  # timm's ViT norms are LayerNorms (weight and bias)
         }
 
     def describe(self, arch):
@@ -79,6 +80,7 @@ class TimmViTLayout(Layout):
             "class_token": model.class_token,
             "global_pool": model.global_pool,
             "mlp_ratio": model.mlp_ratio,
+            "norm": model.norm,
         }
         return arch, []
 

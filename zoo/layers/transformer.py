@@ -27,7 +27,14 @@ def trunc_normal(stddev=0.02):
     return keras.initializers.TruncatedNormal(stddev=stddev)
 
 
-def layer_norm(name, dtype=None):
+NORMS = ("layer", "rms")
+
+
+def layer_norm(name, dtype=None, norm="layer"):
+    """timm's LayerNorm (eps 1e-6), or with norm="rms" RMSNorm (no mean subtraction, no bias)."""
+    check_choice("norm", norm, NORMS)
+    if norm == "rms":
+        return layers.RMSNormalization(epsilon=LAYER_NORM_EPSILON, name=name, dtype=dtype)
     return layers.LayerNormalization(epsilon=LAYER_NORM_EPSILON, name=name, dtype=dtype)
 
 
@@ -45,13 +52,16 @@ class PreNormResidualUnit(BaseResidualUnit):
         index: the unit's position in its model; offsets the seeds of M and DropPath.
         num_units: residual units on the model's skip path; the skip mapping scales its
             strength by it (`depth` of zoo.layers.skip), so the composed path stays bounded.
+        norm: "layer" (LayerNorm, timm's) or "rms" (RMSNorm: it keeps the token's mean, the
+            direction a LayerNorm removes before F).
     """
 
     norm_name = "norm"
 
-    def __init__(self, **kwargs):
+    def __init__(self, norm="layer", **kwargs):
         super().__init__(**kwargs)
-        self.norm = layer_norm(self.norm_name, dtype=self.dtype_policy)
+        self.norm_kind = check_choice("norm", norm, NORMS)
+        self.norm = layer_norm(self.norm_name, dtype=self.dtype_policy, norm=norm)
 
     def build_branch(self, input_shape):
         if len(input_shape) != 3 or input_shape[-1] is None:
@@ -67,6 +77,9 @@ class PreNormResidualUnit(BaseResidualUnit):
 
     def branch_and_shortcut(self, x, training=None):
         return self.branch(self.norm(x), training=training), x
+
+    def get_config(self):
+        return {**super().get_config(), "norm": self.norm_kind}
 
 
 @keras.saving.register_keras_serializable(package="zoo")

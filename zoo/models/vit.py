@@ -30,6 +30,7 @@ from keras import layers
 from zoo.errors import check_choice, check_range
 from zoo.layers.drop_path import linear_drop_path_rates
 from zoo.layers.transformer import (
+    NORMS,
     AttentionUnit,
     ClassToken,
     MLPUnit,
@@ -58,6 +59,9 @@ class ViT(ResidualModel):
         class_token: prepend a learned class token.
         global_pool: "token" (head on the class token, after the final LayerNorm `norm`) or
             "avg" (mean of the patch tokens, then LayerNorm `fc_norm`, as timm).
+        norm: "layer" (timm's LayerNorm, in every unit and at the end) or "rms" (RMSNorm, which
+            keeps the token mean that a LayerNorm removes: the control for skip mappings whose
+            strongest direction is near the mean, e.g. `correlation`).
         skip, skip_options: the skip mapping M of every residual unit (on the D axis).
         num_classes: size of the head; 0 gives the pooled features.
         drop_path_rate: DropPath rate of the last unit; unit l of L = 2 * depth gets
@@ -83,6 +87,7 @@ class ViT(ResidualModel):
         mlp_ratio=4.0,
         class_token=True,
         global_pool="token",
+        norm="layer",
         skip="identity",
         skip_options=None,
         num_classes=1000,
@@ -119,6 +124,7 @@ class ViT(ResidualModel):
         mlp_ratio = float(check_range("mlp_ratio", mlp_ratio, low=0.0, low_open=True))
         class_token = bool(class_token)
         check_choice("global_pool", global_pool, GLOBAL_POOLS)
+        check_choice("norm", norm, NORMS)
         if global_pool == "token" and not class_token:
             raise ValueError("Received global_pool='token' with class_token=False; pooling on the "
                              "class token needs one (use global_pool='avg').")
@@ -140,7 +146,7 @@ class ViT(ResidualModel):
         x = PositionEmbedding(name="pos_embed")(x)
 
         unit_names = []
-        common = dict(skip=skip, skip_options=skip_options, drop_path_granularity=drop_path_granularity)
+        common = dict(skip=skip, skip_options=skip_options, drop_path_granularity=drop_path_granularity, norm=norm)
         for i in range(depth):
             for kind, unit_cls, arg in (("attn", AttentionUnit, dict(num_heads=num_heads)),
                                         ("mlp", MLPUnit, dict(hidden_dim=int(embed_dim * mlp_ratio)))):
@@ -152,12 +158,12 @@ class ViT(ResidualModel):
                 x = unit(x)
                 unit_names.append(unit.name)
         if global_pool == "token":
-            features = layer_norm("norm")(x)
+            features = layer_norm("norm", norm=norm)(x)
             pooled = TokenPool("token", name="pool")(features)
         else:
             features = x
             pooled = TokenPool("avg", num_prefix_tokens=prefix, name="pool")(features)
-            pooled = layer_norm("fc_norm")(pooled)
+            pooled = layer_norm("fc_norm", norm=norm)(pooled)
 
         # === Head, functional model, config: these arguments (zoo.models.base) ===
         super().__init__(
