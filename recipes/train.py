@@ -44,7 +44,7 @@ import numpy as np
 
 import zoo
 from zoo.convert.checkpoint import UnsafePathError, resolve_inside
-from zoo.data import ArrayBatches, EpochSetter, load_dataset
+from zoo.data import ArrayBatches, EpochSetter, StreamingDataset, load_dataset
 from zoo.training import DropPathFreeze
 
 DEFAULTS = {
@@ -52,6 +52,11 @@ DEFAULTS = {
     "model_args": {},
     "dataset": "digits",
     "dataset_args": {},
+    # read batch by batch from disk (zoo.data.StreamingDataset) instead of into memory: with
+    # dataset "image_folder" (dataset_args: path, image_size, color_mode) or "array_record"
+    # (dataset_args: path); stream_workers threads decode batches in parallel
+    "stream": False,
+    "stream_workers": 2,
     "classes": None,  # only these labels, relabelled 0..n-1 (e.g. a 5-class fine-tuning task)
     "train_subset": None,
     "test_subset": None,
@@ -64,6 +69,9 @@ DEFAULTS = {
     "pad": 4,
     "seed": 0,
     "keep_checkpoints": 2,
+    # also checkpoint every this many training batches inside an epoch (0: at epoch ends only);
+    # --resume then continues mid-epoch with the batches the uninterrupted run sees
+    "checkpoint_every_steps": 0,
     "weights": None,  # start from these weights (fine-tuning): arch.tag, tag, preset folder or file
     "freeze_trunk": False,  # with weights: train the head only
     # with weights and a model_args.skip that differs from theirs: move to the new skip over
@@ -129,7 +137,19 @@ def load_config(path=None, overrides=()):
 
 
 # === Building blocks ===
+STREAMING = {"image_folder": StreamingDataset.image_folder, "array_record": StreamingDataset.array_record}
+
+
 def make_data(config):
+    if config["stream"] or config["dataset"] == "array_record":
+        if config["dataset"] not in STREAMING:
+            raise ValueError(f"Received stream=true with dataset={config['dataset']!r}; streaming reads "
+                             f"{' or '.join(repr(k) for k in STREAMING)} (the others fit in memory: stream=false).")
+        unsupported = [k for k in ("classes", "train_subset", "test_subset") if config[k]]
+        if unsupported:
+            raise ValueError(f"Received {', '.join(unsupported)} with a streamed data set; a streamed data set is read "
+                             "whole (make a folder or record file of the subset instead).")
+        return STREAMING[config["dataset"]](**config["dataset_args"])
     data = load_dataset(config["dataset"], **config["dataset_args"])
     if config["classes"] is not None:
         data = data.select_classes(config["classes"])
@@ -276,7 +296,7 @@ def non_finite_variables(arrays, paths):
     return [p for p, a in zip(paths, arrays) if a.dtype.kind == "f" and not np.all(np.isfinite(a))]
 
 
-def save_checkpoint(folder, trainer, epoch, keep=2):
+def save_checkpoint(folder, trainer, epoch, keep=2, step=0):
     """checkpoints/epoch-N.npz then latest.json pointing at it, each replaced atomically:
     a crash while writing leaves the previous checkpoint and pointer intact. Refuses (with
     RunStopped, writing nothing) a state holding non-finite values: a checkpoint is good
@@ -286,12 +306,15 @@ def save_checkpoint(folder, trainer, epoch, keep=2):
     values = [keras.ops.convert_to_numpy(v) for v in variables]
     bad = non_finite_variables(values, [v.path for v in variables])
     if bad:
-        raise RunStopped(f"non-finite weights after epoch {epoch} ({len(bad)} variables, e.g. {bad[0]})")
+        where = f"batch {step} of epoch {epoch + 1}" if step else f"epoch {epoch}"
+        raise RunStopped(f"non-finite weights after {where} ({len(bad)} variables, e.g. {bad[0]})")
     folder.mkdir(parents=True, exist_ok=True)
     arrays = {f"v{i}": value for i, value in enumerate(values)}
-    path = folder / f"epoch-{epoch:04d}.npz"
+    # epoch-N.npz: N epochs done; epoch-N.step-K.npz: N epochs and K batches of the next one
+    # (the names sort in training order)
+    path = folder / (f"epoch-{epoch:04d}.step-{step:07d}.npz" if step else f"epoch-{epoch:04d}.npz")
     _atomic_write_bytes(path, lambda f: np.savez(f, **arrays))
-    pointer = {"epoch": epoch, "file": path.name, "sha256": zoo.presets.sha256_file(path), "num_variables": len(arrays),
+    pointer = {"epoch": epoch, "step": step, "file": path.name, "sha256": zoo.presets.sha256_file(path), "num_variables": len(arrays),
                "paths": [v.path for v in variables]}
     _atomic_write_bytes(folder / "latest.json", lambda f: f.write(json.dumps(pointer, indent=1).encode()))
     for old in sorted(folder.glob("epoch-*.npz"))[:-keep]:
@@ -320,9 +343,10 @@ def _read_pointer(folder):
     return pointer, path, fix
 
 
-def load_checkpoint(folder, trainer):
+def load_checkpoint(folder, trainer, with_step=False):
     """Restore every variable; refuse (ResumeError, nothing loaded) a checkpoint whose pointer,
-    checksum, layout or values are not the run's."""
+    checksum, layout or values are not the run's. Returns the epochs done (with `with_step`,
+    (epochs done, batches done of the next epoch))."""
     folder = Path(folder)
     pointer_path = folder / "latest.json"
     if not pointer_path.is_file():
@@ -351,7 +375,7 @@ def load_checkpoint(folder, trainer):
         raise ResumeError(f"Checkpoint {path} holds non-finite values ({bad[0]}, ...); {fix}.")
     for v, value in zip(variables, values):
         v.assign(value)
-    return pointer["epoch"]
+    return (pointer["epoch"], pointer.get("step", 0)) if with_step else pointer["epoch"]
 
 
 class EpochCheckpoint(keras.callbacks.Callback):
@@ -359,15 +383,31 @@ class EpochCheckpoint(keras.callbacks.Callback):
     step (the guard) or non-finite weights after the last update (checked here, since the
     loss of a step is computed before its update)."""
 
-    def __init__(self, folder, keep, guard):
+    def __init__(self, folder, keep, guard, every_steps=0, steps_per_epoch=None):
         super().__init__()
         self.folder, self.keep, self.guard = folder, keep, guard
+        self.every_steps = int(every_steps or 0)
+        self.steps_per_epoch = steps_per_epoch
+        self.offset = 0  # batches of the current epoch done before this fit call (a resumed run)
+        self.epoch = 0
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.epoch = epoch
+
+    def on_train_batch_end(self, batch, logs=None):
+        done = self.offset + batch + 1
+        if not self.every_steps or done % self.every_steps or done >= (self.steps_per_epoch or done + 1):
+            return
+        self._save(self.epoch, done)
 
     def on_epoch_end(self, epoch, logs=None):
+        self._save(epoch + 1, 0)
+
+    def _save(self, epoch, step):
         if self.guard.failed:
             return
         try:
-            save_checkpoint(self.folder, self.model, epoch + 1, keep=self.keep)
+            save_checkpoint(self.folder, self.model, epoch, keep=self.keep, step=step)
         except RunStopped as stop:
             self.guard.failed = str(stop)
             self.model.stop_training = True
@@ -404,35 +444,76 @@ def compile_trainer(config, trainer, steps_per_epoch):
     return trainer
 
 
-def evaluate(model, data, batch_size):
+def train_batches(config, data):
+    """The shuffled, augmented training batches: from memory (ArrayBatches) or streamed from disk."""
+    common = dict(shuffle=True, seed=config["seed"], augment=config["augment"], pad=config["pad"])
+    if isinstance(data, StreamingDataset):
+        return data.train_batches(config["batch_size"], workers=config["stream_workers"], **common)
+    return ArrayBatches(data.x_train, data.y_train, config["batch_size"], normalize=data.normalize, **common)
+
+
+def test_batches(data, batch_size, workers=1):
+    if isinstance(data, StreamingDataset):
+        return data.test_batches(batch_size, workers=workers)
+    return ArrayBatches(data.x_test, data.y_test, batch_size, normalize=data.normalize)
+
+
+def data_sizes(data):
+    """(training examples, test examples)."""
+    if isinstance(data, StreamingDataset):
+        return data.num_train, data.num_test
+    return len(data.x_train), len(data.x_test)
+
+
+def evaluate(model, data, batch_size, workers=1):
     model.compile(loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True), metrics=["accuracy"])
-    test = ArrayBatches(data.x_test, data.y_test, batch_size, normalize=data.normalize)
-    loss, acc = model.evaluate(test, verbose=0)
-    return {"test_loss": float(loss), "test_accuracy": float(acc), "test_samples": int(len(data.x_test))}
+    loss, acc = model.evaluate(test_batches(data, batch_size, workers), verbose=0)
+    return {"test_loss": float(loss), "test_accuracy": float(acc), "test_samples": int(data_sizes(data)[1])}
+
+
+class EpochWindow(keras.utils.PyDataset):
+    """Batches `start`, `start` + 1, ... of `batches`' epoch `epoch`: the rest of an epoch that a
+    resumed run finishes (the batches are functions of (seed, epoch, index), so these are the
+    ones the uninterrupted run saw)."""
+
+    def __init__(self, batches, epoch, start):
+        super().__init__(workers=batches.workers, use_multiprocessing=batches.use_multiprocessing,
+                         max_queue_size=batches.max_queue_size)
+        self.batches, self.start = batches, int(start)
+        batches.set_epoch(epoch)
+
+    def set_epoch(self, epoch):
+        self.batches.set_epoch(epoch)
+
+    def __len__(self):
+        return len(self.batches) - self.start
+
+    def __getitem__(self, index):
+        return self.batches[self.start + index]
 
 
 def fit(config, out, data, model, resume=False):
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "config.json").write_text(json.dumps(config, indent=2))
-    train = ArrayBatches(
-        data.x_train, data.y_train, config["batch_size"], normalize=data.normalize, shuffle=True,
-        seed=config["seed"], augment=config["augment"], pad=config["pad"],
-    )
-    test = ArrayBatches(data.x_test, data.y_test, config["batch_size"], normalize=data.normalize)
+    train = train_batches(config, data)
+    test = test_batches(data, config["batch_size"], workers=config["stream_workers"])
     trainer = compile_trainer(config, make_trainer(config, model), len(train))
     trainer.optimizer.build(trainer.trainable_variables)
-    initial_epoch = 0
+    initial_epoch, initial_step = 0, 0
     if resume and (out / "checkpoints" / "latest.json").is_file():
-        initial_epoch = load_checkpoint(out / "checkpoints", trainer)
-        print(f"Resuming {out} from the end of epoch {initial_epoch}.", flush=True)
+        initial_epoch, initial_step = load_checkpoint(out / "checkpoints", trainer, with_step=True)
+        where = f"batch {initial_step} of epoch {initial_epoch + 1}" if initial_step else f"the end of epoch {initial_epoch}"
+        print(f"Resuming {out} from {where}.", flush=True)
     elif resume:
         print(f"No checkpoint in {out / 'checkpoints'} yet: starting from the beginning.", flush=True)
     guard = StopOnNaN()
+    checkpoints = EpochCheckpoint(out / "checkpoints", config["keep_checkpoints"], guard,
+                                  every_steps=config["checkpoint_every_steps"], steps_per_epoch=len(train))
     callbacks = [
         EpochSetter(train),
         guard,
-        EpochCheckpoint(out / "checkpoints", config["keep_checkpoints"], guard),
+        checkpoints,
         keras.callbacks.CSVLogger(str(out / "log.csv"), append=resume),
     ]
     if importlib.util.find_spec("tensorflow") and importlib.util.find_spec("tensorboard"):
@@ -440,11 +521,17 @@ def fit(config, out, data, model, resume=False):
     else:  # TensorBoard writes through tensorflow; everything else works without it
         print("TensorBoard logging off: tensorflow and tensorboard are not both installed.", file=sys.stderr)
     start = time.time()
-    if initial_epoch < config["epochs"]:
-        # shuffle=False: the batches shuffle themselves from (seed, epoch); fit's own shuffle
-        # would reorder them from the global RNG, and a resumed run would diverge.
+    # shuffle=False: the batches shuffle themselves from (seed, epoch); fit's own shuffle would
+    # reorder them from the global RNG, and a resumed run would diverge.
+    verbose = 2 if os.environ.get("CI") else 1
+    if initial_step and initial_epoch < config["epochs"]:  # finish the epoch a step checkpoint was in
+        checkpoints.offset = initial_step
+        trainer.fit(EpochWindow(train, initial_epoch, initial_step), validation_data=test, epochs=initial_epoch + 1,
+                    initial_epoch=initial_epoch, callbacks=callbacks, shuffle=False, verbose=verbose)
+        checkpoints.offset, initial_epoch = 0, initial_epoch + 1
+    if initial_epoch < config["epochs"] and not guard.failed:
         trainer.fit(train, validation_data=test, epochs=config["epochs"], initial_epoch=initial_epoch,
-                    callbacks=callbacks, shuffle=False, verbose=2 if os.environ.get("CI") else 1)
+                    callbacks=callbacks, shuffle=False, verbose=verbose)
     if guard.failed:
         kept = (f"The last good checkpoint is kept in {out / 'checkpoints'} (resume with --resume"
                 if (out / "checkpoints" / "latest.json").is_file() else "No good checkpoint was written (start again")
@@ -453,7 +540,7 @@ def fit(config, out, data, model, resume=False):
             "--set optimizer.learning_rate=0.01)."
         )
     record = training_record(out / "log.csv", trainer)  # before evaluate, which recompiles `model`
-    metrics = evaluate(model, data, config["batch_size"])
+    metrics = evaluate(model, data, config["batch_size"], workers=config["stream_workers"])
     metrics.update(record)
     metrics.update({
         "model": config["model"], "dataset": data.name, "epochs": config["epochs"], "seconds": round(time.time() - start, 1),
@@ -502,7 +589,9 @@ def main(argv=None):
     out = Path(args.out or Path("runs") / name)
     zoo.training.configure_distribution(args.distribute, batch_size=config["batch_size"])  # before any model exists
     data, model = prepare(config, out)
-    print(f"[{keras.backend.backend()}] {config['model']} on {data.name} ({len(data.x_train)} train / {len(data.x_test)} test), "
+    sizes = data_sizes(data)
+    print(f"[{keras.backend.backend()}] {config['model']} on {data.name} ({sizes[0]} train / {sizes[1]} test"
+          f"{', streamed' if isinstance(data, StreamingDataset) else ''}), "
           f"skip={getattr(model, 'skip', '?')}, trainer={config['trainer']['kind']}", flush=True)
     try:
         if args.command == "evaluate":

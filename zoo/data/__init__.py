@@ -14,3 +14,10 @@ from zoo.data.datasets import (
     read_idx,
 )
 from zoo.data.pipeline import ArrayBatches, EpochSetter, random_crop_flip
+from zoo.data.streaming import (
+    ArrayRecordSource,
+    ImageFolderSource,
+    StreamingBatches,
+    StreamingDataset,
+    write_array_record,
+)
