@@ -303,7 +303,7 @@ def save_checkpoint(folder, trainer, epoch, keep=2, step=0):
     only if every weight and optimizer variable is finite."""
     folder = Path(folder)
     variables = state_variables(trainer)
-    values = [keras.ops.convert_to_numpy(v) for v in variables]
+    values = [zoo.training.distribute.host_array(v) for v in variables]
     bad = non_finite_variables(values, [v.path for v in variables])
     if bad:
         where = f"batch {step} of epoch {epoch + 1}" if step else f"epoch {epoch}"
@@ -383,9 +383,9 @@ class EpochCheckpoint(keras.callbacks.Callback):
     step (the guard) or non-finite weights after the last update (checked here, since the
     loss of a step is computed before its update)."""
 
-    def __init__(self, folder, keep, guard, every_steps=0, steps_per_epoch=None):
+    def __init__(self, folder, keep, guard, every_steps=0, steps_per_epoch=None, write=True):
         super().__init__()
-        self.folder, self.keep, self.guard = folder, keep, guard
+        self.folder, self.keep, self.guard, self.write = folder, keep, guard, write
         self.every_steps = int(every_steps or 0)
         self.steps_per_epoch = steps_per_epoch
         self.offset = 0  # batches of the current epoch done before this fit call (a resumed run)
@@ -404,7 +404,7 @@ class EpochCheckpoint(keras.callbacks.Callback):
         self._save(epoch + 1, 0)
 
     def _save(self, epoch, step):
-        if self.guard.failed:
+        if self.guard.failed or not self.write:
             return
         try:
             save_checkpoint(self.folder, self.model, epoch, keep=self.keep, step=step)
@@ -444,9 +444,16 @@ def compile_trainer(config, trainer, steps_per_epoch):
     return trainer
 
 
+def process_part():
+    """This process's part of each batch: {} alone, or its index and count (and every batch
+    whole, drop_last) in data-parallel training over several processes."""
+    index, count = zoo.training.process_info()
+    return dict(process_index=index, process_count=count, drop_last=True) if count > 1 else {}
+
+
 def train_batches(config, data):
     """The shuffled, augmented training batches: from memory (ArrayBatches) or streamed from disk."""
-    common = dict(shuffle=True, seed=config["seed"], augment=config["augment"], pad=config["pad"])
+    common = dict(shuffle=True, seed=config["seed"], augment=config["augment"], pad=config["pad"], **process_part())
     if isinstance(data, StreamingDataset):
         return data.train_batches(config["batch_size"], workers=config["stream_workers"], **common)
     return ArrayBatches(data.x_train, data.y_train, config["batch_size"], normalize=data.normalize, **common)
@@ -454,8 +461,8 @@ def train_batches(config, data):
 
 def test_batches(data, batch_size, workers=1):
     if isinstance(data, StreamingDataset):
-        return data.test_batches(batch_size, workers=workers)
-    return ArrayBatches(data.x_test, data.y_test, batch_size, normalize=data.normalize)
+        return data.test_batches(batch_size, workers=workers, **process_part())
+    return ArrayBatches(data.x_test, data.y_test, batch_size, normalize=data.normalize, **process_part())
 
 
 def data_sizes(data):
@@ -468,7 +475,10 @@ def data_sizes(data):
 def evaluate(model, data, batch_size, workers=1):
     model.compile(loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True), metrics=["accuracy"])
     loss, acc = model.evaluate(test_batches(data, batch_size, workers), verbose=0)
-    return {"test_loss": float(loss), "test_accuracy": float(acc), "test_samples": int(data_sizes(data)[1])}
+    samples = data_sizes(data)[1]
+    if zoo.training.process_info()[1] > 1:  # whole batches only: every process takes an equal part
+        samples = samples // batch_size * batch_size
+    return {"test_loss": float(loss), "test_accuracy": float(acc), "test_samples": int(samples)}
 
 
 class EpochWindow(keras.utils.PyDataset):
@@ -494,8 +504,10 @@ class EpochWindow(keras.utils.PyDataset):
 
 def fit(config, out, data, model, resume=False):
     out = Path(out)
+    chief = zoo.training.process_info()[0] == 0  # in a multi-process run only process 0 writes files
     out.mkdir(parents=True, exist_ok=True)
-    (out / "config.json").write_text(json.dumps(config, indent=2))
+    if chief:
+        (out / "config.json").write_text(json.dumps(config, indent=2))
     train = train_batches(config, data)
     test = test_batches(data, config["batch_size"], workers=config["stream_workers"])
     trainer = compile_trainer(config, make_trainer(config, model), len(train))
@@ -509,17 +521,14 @@ def fit(config, out, data, model, resume=False):
         print(f"No checkpoint in {out / 'checkpoints'} yet: starting from the beginning.", flush=True)
     guard = StopOnNaN()
     checkpoints = EpochCheckpoint(out / "checkpoints", config["keep_checkpoints"], guard,
-                                  every_steps=config["checkpoint_every_steps"], steps_per_epoch=len(train))
-    callbacks = [
-        EpochSetter(train),
-        guard,
-        checkpoints,
-        keras.callbacks.CSVLogger(str(out / "log.csv"), append=resume),
-    ]
-    if importlib.util.find_spec("tensorflow") and importlib.util.find_spec("tensorboard"):
-        callbacks.append(keras.callbacks.TensorBoard(str(out / "tensorboard"), write_graph=False, profile_batch=0))
-    else:  # TensorBoard writes through tensorflow; everything else works without it
-        print("TensorBoard logging off: tensorflow and tensorboard are not both installed.", file=sys.stderr)
+                                  every_steps=config["checkpoint_every_steps"], steps_per_epoch=len(train), write=chief)
+    callbacks = [EpochSetter(train), guard, checkpoints]
+    if chief:  # logs are the chief's too
+        callbacks.append(keras.callbacks.CSVLogger(str(out / "log.csv"), append=resume))
+        if importlib.util.find_spec("tensorflow") and importlib.util.find_spec("tensorboard"):
+            callbacks.append(keras.callbacks.TensorBoard(str(out / "tensorboard"), write_graph=False, profile_batch=0))
+        else:  # TensorBoard writes through tensorflow; everything else works without it
+            print("TensorBoard logging off: tensorflow and tensorboard are not both installed.", file=sys.stderr)
     start = time.time()
     # shuffle=False: the batches shuffle themselves from (seed, epoch); fit's own shuffle would
     # reorder them from the global RNG, and a resumed run would diverge.
@@ -539,13 +548,17 @@ def fit(config, out, data, model, resume=False):
             f"Training stopped: {guard.failed}. {kept} after lowering the learning rate, e.g. "
             "--set optimizer.learning_rate=0.01)."
         )
-    record = training_record(out / "log.csv", trainer)  # before evaluate, which recompiles `model`
+    record = training_record(out / "log.csv", trainer) if chief else {}  # before evaluate, which recompiles `model`
     metrics = evaluate(model, data, config["batch_size"], workers=config["stream_workers"])
     metrics.update(record)
     metrics.update({
         "model": config["model"], "dataset": data.name, "epochs": config["epochs"], "seconds": round(time.time() - start, 1),
         "backend": keras.backend.backend(), "device": device_name(), "keras": keras.__version__, "trainable_params": int(sum(np.prod(w.shape) for w in model.trainable_weights)),
     })
+    if not chief:
+        return metrics
+    if zoo.training.process_info()[1] > 1:  # the chief saves its replica, computing nothing with the others
+        model = zoo.training.distribute.local_copy(model)
     model.save_weights(out / "model.weights.h5")
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
     model.preprocessing = data.preprocessing  # kept in the preset's config.json too
@@ -587,7 +600,14 @@ def main(argv=None):
         shlex.quote(a) for a in (sys.argv[1:] if argv is None else argv))
     name = config.get("name") or (Path(args.config).stem if args.config else "default")
     out = Path(args.out or Path("runs") / name)
-    zoo.training.configure_distribution(args.distribute, batch_size=config["batch_size"])  # before any model exists
+    processes = 1
+    if args.distribute == "data":  # several processes when Keras' environment names them (docs: README)
+        processes = zoo.training.initialize_processes()[1]
+        if config["batch_size"] % processes:
+            raise ValueError(f"Received batch_size={config['batch_size']} over {processes} processes; the global batch "
+                             f"is split evenly over them, so it must be a multiple of {processes}.")
+    # before any model exists; each process feeds its part of the global batch
+    zoo.training.configure_distribution(args.distribute, batch_size=config["batch_size"] // processes)
     data, model = prepare(config, out)
     sizes = data_sizes(data)
     print(f"[{keras.backend.backend()}] {config['model']} on {data.name} ({sizes[0]} train / {sizes[1]} test"

@@ -54,7 +54,7 @@ def test_streamed_batches_are_the_in_memory_ones_for_folders_and_records(tmp_pat
             np.testing.assert_array_equal(y, ey)
 
 
-def test_same_seed_same_batches_and_shards_split_each_epoch(tmp_path):
+def test_same_seed_same_batches_and_process_parts_make_up_each_batch(tmp_path):
     data = StreamingDataset.image_folder(make_image_folder(tmp_path, train=40), image_size=(8, 8))
 
     def batches(**kw):
@@ -67,15 +67,26 @@ def test_same_seed_same_batches_and_shards_split_each_epoch(tmp_path):
     assert not np.array_equal(first[0][0], epoch_arrays(batches(), 2)[0][0])  # a new order each epoch
     assert not np.array_equal(first[0][0], epoch_arrays(data.train_batches(8, seed=4, augment="crop_flip", pad=2), 1)[0][0])
 
-    # two shards of an unshuffled epoch are disjoint and cover it (labels cycle 0, 1, 2 by file)
-    shards = [data.train_batches(4, shuffle=False, shard_index=i, shard_count=2) for i in range(2)]
-    labels = [np.concatenate([y for _, y in epoch_arrays(s)]) for s in shards]
-    assert len(labels[0]) == len(labels[1]) == 20
-    whole = np.concatenate([y for _, y in epoch_arrays(data.train_batches(4, shuffle=False))])
-    np.testing.assert_array_equal(np.sort(np.concatenate(labels)), np.sort(whole))
+    # data parallel over two processes: each reads its half of every batch; the halves, side by
+    # side, are the batch one process reads (shuffled and augmented alike)
+    def halves_and_whole(make):
+        parts = [epoch_arrays(make(process_index=i, process_count=2), 1) for i in range(2)]
+        return parts, epoch_arrays(make(), 1)
 
-    with pytest.raises(ValueError, match=r"shard_index=2.*\[0, 1\]|shard_index"):
-        data.train_batches(4, shard_index=2, shard_count=2)
+    in_memory = load_image_folder(tmp_path, image_size=(8, 8))
+    for make in (lambda **kw: batches(drop_last=True, **kw),
+                 lambda **kw: ArrayBatches(in_memory.x_train, in_memory.y_train, 8, normalize=in_memory.normalize,
+                                           shuffle=True, seed=3, augment="crop_flip", pad=2, drop_last=True, **kw)):
+        parts, whole = halves_and_whole(make)
+        assert len(whole) == len(parts[0]) == len(parts[1]) == 5 and len(parts[0][0][1]) == 4
+        for (x0, y0), (x1, y1), (x, y) in zip(*parts, whole):
+            np.testing.assert_array_equal(np.concatenate([x0, x1]), x)
+            np.testing.assert_array_equal(np.concatenate([y0, y1]), y)
+
+    with pytest.raises(ValueError, match=r"process_index=3"):
+        data.train_batches(4, drop_last=True, process_index=3, process_count=2)
+    with pytest.raises(ValueError, match=r"batch_size=5, drop_last=True over 2 processes.*multiple of 2"):
+        data.train_batches(5, drop_last=True, process_count=2)
     with pytest.raises(ValueError, match=r"augment='randaugment'"):
         data.train_batches(4, augment="randaugment")
     with pytest.raises(zoo.data.DatasetNotFoundError, match=r"train.array_record, test.array_record and meta.json"):

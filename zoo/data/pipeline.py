@@ -44,9 +44,15 @@ class ArrayBatches(keras.utils.PyDataset):
             RandAugment runs on the active backend: on a CPU it costs far more than the crop
             (seconds a batch of 64 images, most on torch, whose affine transforms are slow there).
         pad: crop padding in pixels.
+        process_index, process_count: this process's rows of each batch in data-parallel training
+            over processes (zoo.data.streaming.StreamingBatches has the same): the batch is drawn and
+            augmented whole, then rows [i * b, (i + 1) * b), b = batch_size / process_count, are
+            kept, so the parts of a batch together are what one process would train on. More than
+            one process needs drop_last=True and a batch_size that they divide.
     """
 
-    def __init__(self, x, y, batch_size, normalize=None, shuffle=False, seed=0, augment=None, pad=4, drop_last=False, **kwargs):
+    def __init__(self, x, y, batch_size, normalize=None, shuffle=False, seed=0, augment=None, pad=4, drop_last=False,
+                 process_index=0, process_count=1, **kwargs):
         super().__init__(**kwargs)
         if len(x) != len(y):
             raise ValueError(f"Received {len(x)} inputs and {len(y)} labels; they must match.")
@@ -64,6 +70,10 @@ class ArrayBatches(keras.utils.PyDataset):
                 "as the loaders of zoo.data return them."
             )
         self.augment = augment
+        from zoo.data.streaming import check_process_part
+
+        self.process_index, self.process_count = check_process_part(process_index, process_count, self.batch_size,
+                                                                    drop_last)
         self.epoch = 0
         self._order = self._permutation(0)
 
@@ -91,6 +101,10 @@ class ArrayBatches(keras.utils.PyDataset):
                 x = random_crop_flip(x, rng, pad=self.pad, flip=self.augment == "crop_flip")
             else:
                 x = self._rand_augment(x, rng)
+        if self.process_count > 1:
+            part = len(idx) // self.process_count
+            rows = slice(self.process_index * part, (self.process_index + 1) * part)
+            x, y = x[rows], y[rows]
         if self.normalize is not None:
             x = self.normalize(x)
         return x, y

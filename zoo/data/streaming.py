@@ -14,8 +14,8 @@ while one trains. The batch at (epoch, index) is a function of the seed,
 the epoch and the index alone (grain's shuffle and `random_map` seeds come from them), so the
 iterator state of a run is (epoch, batches done): a checkpoint that records it resumes with the
 very batches an uninterrupted run sees (recipes.train's `checkpoint_every_steps`).
-`shard_index` / `shard_count` give each process of a multi-process run its own part of every
-epoch (the shard is taken before the shuffle).
+`process_index` / `process_count` give each process of a data-parallel run its own rows of
+every batch (it reads only those images).
 
 The record format is ArrayRecord (`array_record`, grain's own random-access format): one
 record per example, a 4-byte little-endian label then the image encoded as PNG, and a
@@ -198,6 +198,17 @@ def write_array_record(folder, split, images, labels, classes=None):
 
 
 # === Batches for fit ===
+def check_process_part(process_index, process_count, batch_size, drop_last):
+    """(index, count) of a process's part of each batch, checked: the parts must be equal."""
+    count = int(check_range("process_count", process_count, low=1, integer=True))
+    index = int(check_range("process_index", process_index, low=0, high=count - 1, integer=True))
+    if count > 1 and (batch_size % count or not drop_last):
+        raise ValueError(f"Received batch_size={batch_size}, drop_last={drop_last} over {count} processes; each process "
+                         f"takes an equal part of every batch, so batch_size must be a multiple of {count} and "
+                         "drop_last=True (no smaller last batch).")
+    return index, count
+
+
 def _epoch_seed(seed, epoch, stream):
     return int(np.random.SeedSequence([int(seed), int(epoch), stream]).generate_state(1)[0])
 
@@ -213,8 +224,11 @@ class StreamingBatches(keras.utils.PyDataset):
         normalize: function applied to each batch of uint8 images (e.g. `Dataset.normalize`).
         shuffle, seed: a new order each epoch, from (seed, epoch).
         augment: None, "crop" or "crop_flip" (per image, from (seed, epoch, index)); pad: pixels.
-        shard_index, shard_count: this process reads only examples shard_index, shard_index +
-            shard_count, ... of the source (before the shuffle).
+        process_index, process_count: this process's part of each batch (data-parallel training
+            over processes): rows [i * b, (i + 1) * b) of every global batch of `batch_size`
+            rows, b = batch_size / process_count; it reads only those images. The parts of a
+            batch together are the batch one process would read. Needs drop_last with more
+            than one process (every part the same size).
         workers: threads that read and decode the next `workers` batches while the current one
             trains (0: read each batch when asked for it).
 
@@ -227,34 +241,38 @@ class StreamingBatches(keras.utils.PyDataset):
     """
 
     def __init__(self, source, batch_size, image_size, color_mode="rgb", normalize=None, shuffle=False, seed=0,
-                 augment=None, pad=4, drop_last=False, shard_index=0, shard_count=1, workers=2):
+                 augment=None, pad=4, drop_last=False, process_index=0, process_count=1, workers=2):
         super().__init__()  # one Keras worker: batches are asked for in order, after set_epoch
         self.batch_size = int(check_range("batch_size", batch_size, low=1, integer=True))
         check_choice("augment", augment, AUGMENTS)
         check_choice("color_mode", color_mode, tuple(COLOR_MODES))
-        self.shard_count = int(check_range("shard_count", shard_count, low=1, integer=True))
-        self.shard_index = int(check_range("shard_index", shard_index, low=0, high=self.shard_count - 1, integer=True))
+        self.process_index, self.process_count = check_process_part(process_index, process_count, self.batch_size,
+                                                                    drop_last)
         self.read_ahead = int(check_range("workers", workers, low=0, integer=True))
         self.source, self.normalize, self.augment = source, normalize, augment
         self.shuffle, self.seed, self.pad, self.drop_last = bool(shuffle), int(seed), int(pad), bool(drop_last)
         self.decode = Decode(image_size, color_mode)
-        base = _grain().MapDataset.source(source)
-        self._base = base[self.shard_index::self.shard_count] if self.shard_count > 1 else base
+        self._base = _grain().MapDataset.source(source)
         if len(self._base) < (self.batch_size if drop_last else 1):
-            raise ValueError(f"Received a shard of {len(self._base)} examples for batch_size={self.batch_size} with "
+            raise ValueError(f"Received {len(self._base)} examples for batch_size={self.batch_size} with "
                              f"drop_last={drop_last}: no batch to train on.")
         self._pool, self._pending = None, {}
         self.set_epoch(0)
 
     def grain_dataset(self, epoch):
-        """The grain.MapDataset of epoch `epoch`'s batches ({"image", "label"}, not normalised)."""
+        """The grain.MapDataset of epoch `epoch`'s batches ({"image", "label"}, not normalised):
+        this process's parts of them."""
         ds = self._base
         if self.shuffle:
             ds = ds.shuffle(seed=_epoch_seed(self.seed, epoch, 0))
         ds = ds.map(self.decode)
         if self.augment:
             ds = ds.random_map(CropFlip(self.pad, self.augment == "crop_flip"), seed=_epoch_seed(self.seed, epoch, 1))
-        return ds.batch(self.batch_size, drop_remainder=self.drop_last)
+        if self.process_count == 1:
+            return ds.batch(self.batch_size, drop_remainder=self.drop_last)
+        # global batch g is local batches g * count ... g * count + count - 1: take ours
+        local = ds.batch(self.batch_size // self.process_count, drop_remainder=True)
+        return local[self.process_index::self.process_count]
 
     def set_epoch(self, epoch):
         self.epoch = int(epoch)

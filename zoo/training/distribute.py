@@ -7,19 +7,82 @@
 "data" sets `keras.distribution.DataParallel`: every variable is replicated on every device,
 each batch is split along its first axis, and XLA all-reduces the gradients inside the one
 compiled step, so the update equals the single-device update up to the order of the sums.
-Several hosts: call `keras.distribution.initialize()` (which runs `jax.distributed.initialize`)
-in every process first; `list_devices()` then holds every device of every host, and each
-process feeds its own part of the global batch.
+Several processes (hosts, or processes on one machine): start one per host with Keras'
+environment (KERAS_DISTRIBUTION_JOB_ADDRESSES = the coordinator's host:port,
+KERAS_DISTRIBUTION_NUM_PROCESSES, KERAS_DISTRIBUTION_PROCESS_ID) and call
+`initialize_processes()` in each before anything else: it runs `keras.distribution.initialize`
+(`jax.distributed.initialize`, gloo collectives on CPU). `list_devices()` then holds every
+device of every process, and each process feeds its own part of the global batch
+(`process_index` / `process_count` of zoo.data's batches).
 
 Keras implements `keras.distribution` for JAX; on TensorFlow and PyTorch "data" raises a
 ValueError that says so, and "none" (one device) works everywhere.
 """
 
+import os
+
 import keras
+import numpy as np
 
 from zoo.errors import check_choice
 
 DISTRIBUTE_MODES = ("none", "data")
+
+
+def initialize_processes():
+    """Join the multi-process run described by Keras' environment; returns (index, count).
+
+    Reads KERAS_DISTRIBUTION_NUM_PROCESSES (absent or 1: one process, nothing to join, (0, 1)),
+    KERAS_DISTRIBUTION_JOB_ADDRESSES and KERAS_DISTRIBUTION_PROCESS_ID, as
+    `keras.distribution.initialize` does. Call it first, before any computation."""
+    count = int(os.environ.get("KERAS_DISTRIBUTION_NUM_PROCESSES") or 1)
+    if count <= 1:
+        return 0, 1
+    backend = keras.backend.backend()
+    if backend != "jax":
+        raise ValueError(
+            f"Received KERAS_DISTRIBUTION_NUM_PROCESSES={count} on the {backend} backend: training over several "
+            "processes goes through keras.distribution, which the zoo supports on the jax backend (run with "
+            "KERAS_BACKEND=jax); tf.distribute and torch.distributed are not wired in yet."
+        )
+    import jax
+
+    if not jax.distributed.is_initialized():
+        jax.config.update("jax_cpu_collectives_implementation", "gloo")  # CPU processes; GPUs use NCCL
+        keras.distribution.initialize()
+    return jax.process_index(), jax.process_count()
+
+
+def host_array(value):
+    """A numpy copy of `value` (a tensor or a Keras variable) readable in this process: of an
+    array replicated over several processes, this process's replica."""
+    value = getattr(value, "value", value)
+    if keras.backend.backend() == "jax":
+        import jax
+
+        if isinstance(value, jax.Array) and not value.is_fully_addressable:
+            return np.asarray(value.addressable_data(0))
+    return keras.ops.convert_to_numpy(value)
+
+
+def local_copy(model):
+    """`model` rebuilt outside any distribution, with this process's replica of its weights:
+    what one process of a multi-process run saves (its variables span the others' devices)."""
+    keras.distribution.set_distribution(None)
+    copy = type(model).from_config(model.get_config())
+    copy.set_weights([host_array(w) for w in model.weights])
+    return copy
+
+
+def process_info():
+    """(index, count) of this process in a multi-process run ((0, 1) in a single process)."""
+    if keras.backend.backend() != "jax":
+        return 0, 1
+    import jax
+
+    if not jax.distributed.is_initialized():
+        return 0, 1
+    return jax.process_index(), jax.process_count()
 
 
 def configure_distribution(mode="none", devices=None, batch_size=None):
@@ -56,6 +119,8 @@ def configure_distribution(mode="none", devices=None, batch_size=None):
             f"each batch is split evenly over them, so batch_size must be a multiple of {local} "
             f"(e.g. {max(local, int(batch_size) // local * local)})."
         )
-    distribution = keras.distribution.DataParallel(devices=devices)
+    # over several processes each feeds its own part of the batch (zoo.data's process_index):
+    # Keras' own sharding of the input is for tf.data input only
+    distribution = keras.distribution.DataParallel(devices=devices, auto_shard_dataset=jax.process_count() == 1)
     keras.distribution.set_distribution(distribution)
     return distribution
