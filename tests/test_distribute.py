@@ -185,3 +185,61 @@ def test_two_processes_train_as_one_on_the_same_global_batch_and_resume_exactly(
     assert any("Resuming" in o for o in outputs)
     for a, b in zip(parallel, saved_weights(tmp_path / "killed")):
         np.testing.assert_array_equal(b, a)
+
+
+# Runs in a fresh jax process with four virtual CPU devices: ViT-L's widths (one block), its
+# outputs unsharded, then under ModelParallel with the kernels split over 4 devices.
+VIT_MODEL_PARALLEL = textwrap.dedent(
+    """
+    import json
+    import keras, numpy as np, jax
+    import zoo
+    from zoo.training import configure_vit_model_parallel
+
+    x = np.random.default_rng(0).standard_normal((2, 224, 224, 3)).astype("float32")
+
+    def build():
+        keras.utils.set_random_seed(0)
+        return zoo.get_model("vit_large_patch16_224", depth=1, num_classes=10)
+
+    reference = build()
+    expected = np.asarray(reference(x, training=False))
+    weights = [np.asarray(w.value) for w in reference.weights]
+    configure_vit_model_parallel(model_shards=4)
+    sharded = build()
+    sharded.set_weights(weights)
+    got = np.asarray(sharded(x, training=False))
+    qkv = sharded.get_layer("block0_attn").qkv.kernel.value
+    print("RESULT " + json.dumps({
+        "devices": len(jax.devices()),
+        "max_diff": float(np.max(np.abs(got - expected))), "scale": float(np.max(np.abs(expected))),
+        "qkv_shape": list(qkv.shape), "qkv_shard": list(qkv.addressable_shards[0].data.shape),
+    }))
+    """
+)
+
+
+@pytest.mark.skipif(keras.backend.backend() != "jax", reason="keras.distribution is implemented for jax")
+def test_model_parallel_vit_large_equals_the_unsharded_model():
+    env = dict(os.environ, KERAS_BACKEND="jax", XLA_FLAGS="--xla_force_host_platform_device_count=4",
+               TF_CPP_MIN_LOG_LEVEL="3", JAX_PLATFORMS="cpu")
+    proc = subprocess.run([sys.executable, "-c", VIT_MODEL_PARALLEL], cwd=ROOT, env=env, capture_output=True, text=True,
+                          timeout=300)
+    lines = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
+    assert proc.returncode == 0 and lines, proc.stdout[-2000:] + proc.stderr[-4000:]
+    result = json.loads(lines[-1][len("RESULT "):])
+    assert result["devices"] == 4
+    assert result["qkv_shape"] == [1024, 3072] and result["qkv_shard"] == [1024, 768]  # split 4 ways
+    assert result["max_diff"] <= 1e-4 * max(1.0, result["scale"]), result
+
+
+def test_model_parallel_needs_a_divisor_of_the_devices_and_jax():
+    from zoo.training import configure_vit_model_parallel
+
+    if keras.backend.backend() != "jax":
+        with pytest.raises(ValueError, match="implemented for jax"):
+            configure_vit_model_parallel(2)
+    else:
+        with pytest.raises(ValueError, match=r"model_shards=3 for 4 devices"):
+            configure_vit_model_parallel(3, devices=keras.distribution.list_devices() * 4)
+    assert keras.distribution.distribution() is None

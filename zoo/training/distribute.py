@@ -74,6 +74,36 @@ def local_copy(model):
     return copy
 
 
+def vit_layout_map(device_mesh, model_axis="model"):
+    """A `keras.distribution.LayoutMap` for a zoo ViT (any size; ViT-L is what needs it): the
+    attention and MLP kernels split over `model_axis` as Megatron-LM splits them (qkv and fc1 by
+    output columns with their biases, proj and fc2 by input rows), everything else replicated."""
+    layout_map = keras.distribution.LayoutMap(device_mesh)
+    for name in ("qkv", "fc1"):
+        layout_map[rf".*/{name}/kernel"] = (None, model_axis)
+        layout_map[rf".*/{name}/bias"] = (model_axis,)
+    for name in ("proj", "fc2"):
+        layout_map[rf".*/{name}/kernel"] = (model_axis, None)
+    return layout_map
+
+
+def configure_vit_model_parallel(model_shards, devices=None):
+    """Set `keras.distribution.ModelParallel` for a ViT built afterwards: a (data, model) mesh
+    with `model_shards` devices along "model" (the kernels of `vit_layout_map`) and the rest
+    along "data" (the batch). jax backend. Returns the distribution."""
+    if keras.backend.backend() != "jax":
+        raise ValueError(f"Received model parallelism on the {keras.backend.backend()} backend; keras.distribution "
+                         "(and so ModelParallel) is implemented for jax: run with KERAS_BACKEND=jax.")
+    devices = list(devices) if devices is not None else keras.distribution.list_devices()
+    if model_shards < 1 or len(devices) % model_shards:
+        raise ValueError(f"Received model_shards={model_shards} for {len(devices)} devices; it must divide the "
+                         "device count.")
+    mesh = keras.distribution.DeviceMesh((len(devices) // model_shards, model_shards), ("data", "model"), devices)
+    distribution = keras.distribution.ModelParallel(layout_map=vit_layout_map(mesh), batch_dim_name="data")
+    keras.distribution.set_distribution(distribution)
+    return distribution
+
+
 def process_info():
     """(index, count) of this process in a multi-process run ((0, 1) in a single process)."""
     if keras.backend.backend() != "jax":
