@@ -31,6 +31,7 @@ MIN_SEEDS = 3  # fewer seeds make a reading, not a claim
 FEW_SEEDS = f"; fewer than {MIN_SEEDS} seeds: a reading, not a verdict"
 
 SOURCES = {
+    "he": "He et al., \"Identity Mappings in Deep Residual Networks\", ECCV 2016, arXiv 1603.05027, Tables 1-2",
     "lechner": "Lechner et al., \"Entangled Residual Mappings\", arXiv 2206.01261, abstract",
     "park": "Park, \"ResidualDroppath: Enhancing Feature Reuse over Residual Connections\", arXiv 2411.09475",
     "li_papyan": "Li & Papyan, \"Residual Alignment\", NeurIPS 2023, arXiv 2401.09018, section 3",
@@ -49,6 +50,10 @@ STUDY_COMMANDS = {
                         "--publish docs/results/skip_swap_warmup",
     "lechner_cnn": "KERAS_BACKEND=jax python -m recipes.experiment recipes/experiments/lechner_cnn.json "
                    "--publish docs/results/lechner_cnn",
+    "he_table1_cpu": "KERAS_BACKEND=jax python -m recipes.experiment recipes/experiments/he_table1_cpu.json "
+                     "--publish docs/results/he_table1_cpu",
+    "he_table2_cpu": "KERAS_BACKEND=jax python -m recipes.experiment recipes/experiments/he_table2_cpu.json "
+                     "--publish docs/results/he_table2_cpu",
     "lechner_vit": "KERAS_BACKEND=jax python -m recipes.experiment recipes/experiments/lechner_vit.json "
                    "--publish docs/results/lechner_vit",
     "park_droppath_resnet20": "KERAS_BACKEND=jax python -m recipes.experiment "
@@ -137,6 +142,24 @@ CLAIMS = [
          test="compare", a="cifar10_orthogonal_warmup_40", b="scratch_orthogonal",
          note="The learned (Cayley) orthogonal skip, swapped at once (it starts at the identity) and trained "
               "at the same learning rate, ends below scratch (cifar10_orthogonal_learned in results.json)."),
+]
+
+# He et al.: the identity shortcut against each variant (Table 1), the placements' ranking (Table 2).
+CLAIMS += [
+    dict(id=f"he-identity-vs-{variant}", source="he", study="he_table1_cpu",
+         claim=f"In a deep (54-unit) ResNet the identity shortcut beats {what}.",
+         test="compare", a="identity", b=variant)
+    for variant, what in (("scale_0.5_shortcut", "scaling the shortcut by 0.5"),
+                          ("gate_exclusive_b-6", "exclusive gating (b_g = -6)"),
+                          ("conv1x1", "a 1x1 convolution shortcut"), ("dropout_0.5", "a dropout shortcut"))
+] + [
+    claim for depth in (20, 56) for claim in (
+        dict(id=f"he-full-preact-r{depth}", source="he", study="he_table2_cpu",
+             claim=f"Full pre-activation beats the original placement (ResNet-{depth}).",
+             test="compare", a=f"r{depth}_full_preact", b=f"r{depth}_original"),
+        dict(id=f"he-bn-after-add-r{depth}", source="he", study="he_table2_cpu",
+             claim=f"BN after the addition hurts against the original placement (ResNet-{depth}).",
+             test="compare", a=f"r{depth}_original", b=f"r{depth}_bn_after_add"))
 ]
 
 # Park's claims again on a CNN: ResNet-20.
