@@ -336,6 +336,9 @@ def _read_pointer(folder):
     if not isinstance(pointer, dict) or not all(isinstance(pointer.get(k), t) and not isinstance(pointer.get(k), bool)
                                                 for k, t in fields.items()):
         raise ResumeError(f"Cannot resume: {str(pointer_path)!r} lacks {', '.join(fields)} of the right types; {fix}.")
+    step = pointer.get("step", 0)  # absent in checkpoints written before step checkpoints existed
+    if not isinstance(step, int) or isinstance(step, bool) or step < 0:
+        raise ResumeError(f"Cannot resume: {str(pointer_path)!r} has step={step!r}, not a count of batches; {fix}.")
     try:
         path = resolve_inside(folder, pointer["file"], "Checkpoint named by latest.json")
     except UnsafePathError as e:

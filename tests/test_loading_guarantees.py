@@ -339,6 +339,8 @@ def test_resume_from_a_broken_checkpoint_is_one_line_and_exit_code_4(tmp_path, c
         "latest.json naming a file outside": lambda: (ckpt / "latest.json").write_text(
             json.dumps({**json.loads(pointer), "file": "../../elsewhere.npz"})),
         "corrupted checkpoint": lambda: npz.write_bytes(good[:-200] + bytes(200)),
+        "latest.json with a negative step": lambda: (ckpt / "latest.json").write_text(
+            json.dumps({**json.loads(pointer), "step": -3})),
     }
     for label, breakage in breakages.items():
         (ckpt / "latest.json").write_text(pointer)
