@@ -122,7 +122,9 @@ CLAIMS = [
          test="compare", a="sparse", b="identity"),
     dict(id="lechner-cnn-orthogonal", source="lechner", study="lechner_cnn",
          claim="In CNNs, orthogonal skip mappings degrade performance against identity.",
-         test="compare", a="identity", b="orthogonal"),
+         test="compare", a="identity", b="orthogonal",
+         note="All four mappings (correlation too) end within 0.6 points of each other after 6 epochs on 4,000 "
+              "images: at this scale the skip mapping makes no difference the seeds can resolve."),
     *[dict(id=f"lechner-vit-sparse-{norm}", source="lechner", study="lechner_vit",
            claim=f"In ViTs, sparse skip mappings improve on identity ({name}).",
            test="compare", a=f"{norm}_sparse", b=f"{norm}_identity")
