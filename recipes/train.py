@@ -490,8 +490,7 @@ class EpochWindow(keras.utils.PyDataset):
     ones the uninterrupted run saw)."""
 
     def __init__(self, batches, epoch, start):
-        super().__init__(workers=batches.workers, use_multiprocessing=batches.use_multiprocessing,
-                         max_queue_size=batches.max_queue_size)
+        super().__init__()  # one Keras worker, as the batches it wraps
         self.batches, self.start = batches, int(start)
         batches.set_epoch(epoch)
 

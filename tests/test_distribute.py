@@ -77,6 +77,17 @@ TWO_DEVICES = textwrap.dedent(
 )
 
 
+def run_on_virtual_devices(script, devices, timeout=300):
+    """Run `script` in a fresh jax process with `devices` virtual CPU devices; its RESULT json."""
+    env = dict(os.environ, KERAS_BACKEND="jax", XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}",
+               TF_CPP_MIN_LOG_LEVEL="3", JAX_PLATFORMS="cpu")
+    proc = subprocess.run([sys.executable, "-c", script], cwd=ROOT, env=env, capture_output=True, text=True,
+                          timeout=timeout)
+    lines = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
+    assert proc.returncode == 0 and lines, proc.stdout[-2000:] + proc.stderr[-4000:]
+    return json.loads(lines[-1][len("RESULT "):])
+
+
 def test_none_leaves_keras_default():
     assert configure_distribution("none") is None
     assert keras.distribution.distribution() is None
@@ -96,13 +107,7 @@ def test_data_parallel_says_it_is_jax_only():
 
 @pytest.mark.skipif(keras.backend.backend() != "jax", reason="keras.distribution is implemented for jax")
 def test_data_parallel_on_two_devices_matches_one_device():
-    env = dict(os.environ, KERAS_BACKEND="jax", XLA_FLAGS="--xla_force_host_platform_device_count=2",
-               TF_CPP_MIN_LOG_LEVEL="3", JAX_PLATFORMS="cpu")
-    proc = subprocess.run([sys.executable, "-c", TWO_DEVICES], cwd=ROOT, env=env, capture_output=True, text=True,
-                          timeout=240)
-    lines = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
-    assert proc.returncode == 0 and lines, proc.stdout[-2000:] + proc.stderr[-4000:]
-    result = json.loads(lines[-1][len("RESULT "):])
+    result = run_on_virtual_devices(TWO_DEVICES, 2)
     assert result["jax_devices"] == 2 and result["distribution"] == "DataParallel"
     assert result["devices"] == [1, 2]  # one device, then replicated on both
     # The same 8 updates; only the order of the cross-device sums differs (float32).
@@ -221,13 +226,7 @@ VIT_MODEL_PARALLEL = textwrap.dedent(
 
 @pytest.mark.skipif(keras.backend.backend() != "jax", reason="keras.distribution is implemented for jax")
 def test_model_parallel_vit_large_equals_the_unsharded_model():
-    env = dict(os.environ, KERAS_BACKEND="jax", XLA_FLAGS="--xla_force_host_platform_device_count=4",
-               TF_CPP_MIN_LOG_LEVEL="3", JAX_PLATFORMS="cpu")
-    proc = subprocess.run([sys.executable, "-c", VIT_MODEL_PARALLEL], cwd=ROOT, env=env, capture_output=True, text=True,
-                          timeout=300)
-    lines = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
-    assert proc.returncode == 0 and lines, proc.stdout[-2000:] + proc.stderr[-4000:]
-    result = json.loads(lines[-1][len("RESULT "):])
+    result = run_on_virtual_devices(VIT_MODEL_PARALLEL, 4)
     assert result["devices"] == 4
     assert result["qkv_shape"] == [1024, 3072] and result["qkv_shard"] == [1024, 768]  # split 4 ways
     assert result["max_diff"] <= 1e-4 * max(1.0, result["scale"]), result

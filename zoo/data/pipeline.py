@@ -30,6 +30,17 @@ def random_crop_flip(images, rng, pad=4, flip=True):
     return images
 
 
+def check_process_part(process_index, process_count, batch_size, drop_last):
+    """(index, count) of a process's part of each batch, checked: the parts must be equal."""
+    count = int(check_range("process_count", process_count, low=1, integer=True))
+    index = int(check_range("process_index", process_index, low=0, high=count - 1, integer=True))
+    if count > 1 and (batch_size % count or not drop_last):
+        raise ValueError(f"Received batch_size={batch_size}, drop_last={drop_last} over {count} processes; each process "
+                         f"takes an equal part of every batch, so batch_size must be a multiple of {count} and "
+                         "drop_last=True (no smaller last batch).")
+    return index, count
+
+
 class ArrayBatches(keras.utils.PyDataset):
     """(x, y) numpy arrays -> normalised float32 batches for fit/evaluate.
 
@@ -70,8 +81,6 @@ class ArrayBatches(keras.utils.PyDataset):
                 "as the loaders of zoo.data return them."
             )
         self.augment = augment
-        from zoo.data.streaming import check_process_part
-
         self.process_index, self.process_count = check_process_part(process_index, process_count, self.batch_size,
                                                                     drop_last)
         self.epoch = 0

@@ -31,6 +31,7 @@ from pathlib import Path
 import keras
 import numpy as np
 
+from zoo.data.pipeline import check_process_part
 from zoo.errors import DatasetNotFoundError, check_choice, check_range
 from zoo.preprocessing import NORMALIZATION, preprocessing_config
 
@@ -198,17 +199,6 @@ def write_array_record(folder, split, images, labels, classes=None):
 
 
 # === Batches for fit ===
-def check_process_part(process_index, process_count, batch_size, drop_last):
-    """(index, count) of a process's part of each batch, checked: the parts must be equal."""
-    count = int(check_range("process_count", process_count, low=1, integer=True))
-    index = int(check_range("process_index", process_index, low=0, high=count - 1, integer=True))
-    if count > 1 and (batch_size % count or not drop_last):
-        raise ValueError(f"Received batch_size={batch_size}, drop_last={drop_last} over {count} processes; each process "
-                         f"takes an equal part of every batch, so batch_size must be a multiple of {count} and "
-                         "drop_last=True (no smaller last batch).")
-    return index, count
-
-
 def _epoch_seed(seed, epoch, stream):
     return int(np.random.SeedSequence([int(seed), int(epoch), stream]).generate_state(1)[0])
 
