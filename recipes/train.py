@@ -35,6 +35,7 @@ import os
 import platform
 import shlex
 import sys
+import tempfile
 import time
 import zipfile
 from pathlib import Path
@@ -46,6 +47,7 @@ import zoo
 from zoo.convert.checkpoint import UnsafePathError, resolve_inside
 from zoo.data import ArrayBatches, EpochSetter, StreamingDataset, load_dataset
 from zoo.training import DropPathFreeze
+from zoo.training.distribute import distribute_batches
 
 DEFAULTS = {
     "model": "resnet20_cifar",
@@ -477,7 +479,9 @@ def data_sizes(data):
 
 def evaluate(model, data, batch_size, workers=1):
     model.compile(loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True), metrics=["accuracy"])
-    loss, acc = model.evaluate(test_batches(data, batch_size, workers), verbose=0)
+    zoo.training.prepare_fit(model)
+    loss, acc = model.evaluate(distribute_batches(test_batches(data, batch_size, workers)), verbose=0)
+    loss, acc = zoo.training.distribute.mean_over_processes([loss, acc])  # torch: each process saw its part
     samples = data_sizes(data)[1]
     if zoo.training.process_info()[1] > 1:  # whole batches only: every process takes an equal part
         samples = samples // batch_size * batch_size
@@ -512,7 +516,7 @@ def fit(config, out, data, model, resume=False):
         (out / "config.json").write_text(json.dumps(config, indent=2))
     train = train_batches(config, data)
     test = test_batches(data, config["batch_size"], workers=config["stream_workers"])
-    trainer = compile_trainer(config, make_trainer(config, model), len(train))
+    trainer = zoo.training.prepare_fit(compile_trainer(config, make_trainer(config, model), len(train)))
     trainer.optimizer.build(trainer.trainable_variables)
     initial_epoch, initial_step = 0, 0
     if resume and (out / "checkpoints" / "latest.json").is_file():
@@ -537,11 +541,13 @@ def fit(config, out, data, model, resume=False):
     verbose = 2 if os.environ.get("CI") else 1
     if initial_step and initial_epoch < config["epochs"]:  # finish the epoch a step checkpoint was in
         checkpoints.offset = initial_step
-        trainer.fit(EpochWindow(train, initial_epoch, initial_step), validation_data=test, epochs=initial_epoch + 1,
+        trainer.fit(distribute_batches(EpochWindow(train, initial_epoch, initial_step)),
+                    validation_data=distribute_batches(test), epochs=initial_epoch + 1,
                     initial_epoch=initial_epoch, callbacks=callbacks, shuffle=False, verbose=verbose)
         checkpoints.offset, initial_epoch = 0, initial_epoch + 1
     if initial_epoch < config["epochs"] and not guard.failed:
-        trainer.fit(train, validation_data=test, epochs=config["epochs"], initial_epoch=initial_epoch,
+        trainer.fit(distribute_batches(train), validation_data=distribute_batches(test), epochs=config["epochs"],
+                    initial_epoch=initial_epoch,
                     callbacks=callbacks, shuffle=False, verbose=verbose)
     if guard.failed:
         kept = (f"The last good checkpoint is kept in {out / 'checkpoints'} (resume with --resume"
@@ -557,10 +563,20 @@ def fit(config, out, data, model, resume=False):
         "model": config["model"], "dataset": data.name, "epochs": config["epochs"], "seconds": round(time.time() - start, 1),
         "backend": keras.backend.backend(), "device": device_name(), "keras": keras.__version__, "trainable_params": int(sum(np.prod(w.shape) for w in model.trainable_weights)),
     })
-    if not chief:
+    if not chief and not zoo.training.distribute.saving_is_collective():
         return metrics
-    if zoo.training.process_info()[1] > 1:  # the chief saves its replica, computing nothing with the others
-        model = zoo.training.distribute.local_copy(model)
+    if keras.backend.backend() == "jax" and zoo.training.process_info()[1] > 1:
+        model = zoo.training.distribute.local_copy(model)  # its replica, computing nothing with the others
+    if not chief:  # tf.distribute's multi-worker rule: every worker saves, all but the chief into a scratch folder
+        with tempfile.TemporaryDirectory() as scratch:
+            save_outputs(config, Path(scratch), data, model, metrics)
+        return metrics
+    save_outputs(config, out, data, model, metrics)
+    return metrics
+
+
+def save_outputs(config, out, data, model, metrics):
+    """The trained weights, metrics.json and the preset of a finished run."""
     model.save_weights(out / "model.weights.h5")
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
     model.preprocessing = data.preprocessing  # kept in the preset's config.json too
@@ -572,7 +588,6 @@ def fit(config, out, data, model, resume=False):
         "command": config.get("command"),  # set by main() (or the wrapper that ran it)
         "recipe_config": config,
     })
-    return metrics
 
 
 def main(argv=None):
@@ -586,8 +601,8 @@ def main(argv=None):
                         "start from (arch.tag, tag, preset folder or .weights.h5)")
     parser.add_argument("--freeze-trunk", action="store_true", help="finetune: train the head only")
     parser.add_argument("--distribute", choices=list(zoo.training.DISTRIBUTE_MODES), default="none",
-                        help="data: DataParallel over every device through keras.distribution (jax backend only; "
-                        "batch_size a multiple of the device count)")
+                        help="data: data parallel through the backend's engine (jax keras.distribution, tensorflow "
+                        "tf.distribute, torch torch.distributed under torchrun); batch_size is the global batch")
     args = parser.parse_args(argv)
     config = load_config(args.config, args.set)
     if args.command == "finetune":
@@ -603,13 +618,18 @@ def main(argv=None):
     name = config.get("name") or (Path(args.config).stem if args.config else "default")
     out = Path(args.out or Path("runs") / name)
     processes = 1
-    if args.distribute == "data":  # several processes when Keras' environment names them (docs: README)
+    if args.distribute == "data":  # several processes when the backend's environment names them (docs: README)
         processes = zoo.training.initialize_processes()[1]
         if config["batch_size"] % processes:
             raise ValueError(f"Received batch_size={config['batch_size']} over {processes} processes; the global batch "
                              f"is split evenly over them, so it must be a multiple of {processes}.")
     # before any model exists; each process feeds its part of the global batch
     zoo.training.configure_distribution(args.distribute, batch_size=config["batch_size"] // processes)
+    with zoo.training.distribution_scope():  # tf.distribute's strategy (nothing elsewhere)
+        return run(args, parser, config, out)
+
+
+def run(args, parser, config, out):
     data, model = prepare(config, out)
     sizes = data_sizes(data)
     print(f"[{keras.backend.backend()}] {config['model']} on {data.name} ({sizes[0]} train / {sizes[1]} test"

@@ -1,5 +1,7 @@
-"""Multi-device training (zoo.training.configure_distribution): DataParallel through
-keras.distribution on jax, equal to one device; a clear jax-only error elsewhere."""
+"""Data-parallel training on each backend's own engine (zoo.training.distribute): DataParallel
+through keras.distribution on jax (devices and processes), tf.distribute's
+MultiWorkerMirroredStrategy on tensorflow, torch.distributed on torch: two processes on
+127.0.0.1 train the model one process trains, and resume exactly; ModelParallel ViTs on jax."""
 
 import json
 import os
@@ -98,11 +100,25 @@ def test_unknown_mode_names_the_allowed_ones():
         configure_distribution("model")
 
 
-@pytest.mark.skipif(keras.backend.backend() == "jax", reason="the jax-only error is for the other backends")
-def test_data_parallel_says_it_is_jax_only():
-    with pytest.raises(ValueError, match="jax backend only.*KERAS_BACKEND=jax"):
+@pytest.mark.skipif(keras.backend.backend() != "torch", reason="torch.distributed runs one process a device")
+def test_data_parallel_on_torch_asks_for_one_process_per_device():
+    with pytest.raises(ValueError, match="torchrun"):
         configure_distribution("data", batch_size=8)
-    assert keras.distribution.distribution() is None
+
+
+@pytest.mark.skipif(keras.backend.backend() != "tensorflow", reason="tf.distribute")
+def test_data_parallel_on_tensorflow_is_a_mirrored_strategy_in_one_process():
+    import tensorflow as tf
+
+    from zoo.training import distribute
+
+    try:
+        strategy = configure_distribution("data", batch_size=8)
+        assert isinstance(strategy, tf.distribute.MirroredStrategy) and strategy.num_replicas_in_sync == 1
+        with distribute.distribution_scope():
+            assert tf.distribute.get_strategy() is strategy
+    finally:
+        distribute._STATE["strategy"] = None
 
 
 @pytest.mark.skipif(keras.backend.backend() != "jax", reason="keras.distribution is implemented for jax")
@@ -118,11 +134,11 @@ def test_data_parallel_on_two_devices_matches_one_device():
     assert result["recipe"] == [0, 2]  # recipes.train --distribute data ran over both devices
 
 
-@pytest.mark.skipif(keras.backend.backend() == "jax", reason="the jax-only error is for the other backends")
-def test_recipe_distribute_data_says_it_is_jax_only(tmp_path):
+@pytest.mark.skipif(keras.backend.backend() != "torch", reason="torch.distributed runs one process a device")
+def test_recipe_distribute_data_on_one_torch_process_says_how_to_launch(tmp_path):
     from recipes import train as recipe
 
-    with pytest.raises(ValueError, match="jax backend only"):
+    with pytest.raises(ValueError, match="torchrun --nproc-per-node"):
         recipe.main(["train", "--distribute", "data", "--out", str(tmp_path), "--set", "epochs=1"])
 
 
@@ -139,14 +155,29 @@ def free_port():
         return s.getsockname()[1]
 
 
+def process_env(backend, index, processes, ports):
+    """The environment that backend's launcher gives process `index` of `processes` on 127.0.0.1."""
+    if backend == "jax":  # Keras' own (keras.distribution.initialize)
+        return dict(KERAS_DISTRIBUTION_JOB_ADDRESSES=f"127.0.0.1:{ports[0]}", KERAS_DISTRIBUTION_NUM_PROCESSES=str(processes),
+                    KERAS_DISTRIBUTION_PROCESS_ID=str(index))
+    if backend == "tensorflow":  # tf.distribute's TF_CONFIG
+        cluster = {"worker": [f"127.0.0.1:{p}" for p in ports[:processes]]}
+        return dict(TF_CONFIG=json.dumps({"cluster": cluster, "task": {"type": "worker", "index": index}}))
+    # torch.distributed's, as torchrun sets it
+    return dict(RANK=str(index), LOCAL_RANK=str(index), WORLD_SIZE=str(processes), LOCAL_WORLD_SIZE=str(processes),
+                MASTER_ADDR="127.0.0.1", MASTER_PORT=str(ports[0]))
+
+
 def launch(out, processes, *extra):
-    """`processes` recipe processes (Keras' environment names the coordinator and each id)."""
-    port, runs = free_port(), []
+    """`processes` recipe processes of this backend (its launcher's environment names each)."""
+    backend = keras.backend.backend()
+    ports, runs = [free_port() for _ in range(processes)], []
     for i in range(processes):
-        env = dict(os.environ, KERAS_BACKEND="jax", CI="1", JAX_PLATFORMS="cpu", TF_CPP_MIN_LOG_LEVEL="3")
+        env = dict(os.environ, KERAS_BACKEND=backend, CI="1", JAX_PLATFORMS="cpu", TF_CPP_MIN_LOG_LEVEL="3")
+        for key in ("TF_CONFIG", "WORLD_SIZE", "RANK", "KERAS_DISTRIBUTION_NUM_PROCESSES"):
+            env.pop(key, None)
         if processes > 1:
-            env.update(KERAS_DISTRIBUTION_JOB_ADDRESSES=f"127.0.0.1:{port}", KERAS_DISTRIBUTION_NUM_PROCESSES=str(processes),
-                       KERAS_DISTRIBUTION_PROCESS_ID=str(i))
+            env.update(process_env(backend, i, processes, ports))
         cmd = [sys.executable, "-m", "recipes.train", "train", "--distribute", "data" if processes > 1 else "none",
                "--out", str(out), "--set", *TINY_RUN, *extra]
         runs.append(subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
@@ -165,7 +196,6 @@ def saved_weights(out):
     return [keras.ops.convert_to_numpy(w) for w in model.weights]
 
 
-@pytest.mark.skipif(keras.backend.backend() != "jax", reason="multi-process training goes through keras.distribution (jax)")
 def test_two_processes_train_as_one_on_the_same_global_batch_and_resume_exactly(tmp_path):
     """Two processes on 127.0.0.1, each feeding half of every global batch of 32, end with the
     weights of one process on those batches (to float32 summation order); the chief alone writes
@@ -175,7 +205,10 @@ def test_two_processes_train_as_one_on_the_same_global_batch_and_resume_exactly(
     reference, parallel = saved_weights(tmp_path / "one"), saved_weights(tmp_path / "two")
     for a, b in zip(reference, parallel):
         np.testing.assert_allclose(b, a, rtol=0, atol=1e-5)
-    assert json.loads((tmp_path / "two" / "metrics.json").read_text())["test_samples"] == 64
+    one_metrics, two_metrics = (json.loads((tmp_path / run / "metrics.json").read_text()) for run in ("one", "two"))
+    assert two_metrics["test_samples"] == 64  # evaluated over both processes' rows, not the chief's half
+    assert two_metrics["test_accuracy"] == pytest.approx(one_metrics["test_accuracy"], abs=1e-6)
+    assert two_metrics["test_loss"] == pytest.approx(one_metrics["test_loss"], rel=1e-4)
 
     runs = launch(tmp_path / "killed", 2)
     marker = tmp_path / "killed" / "checkpoints" / "latest.json"

@@ -22,6 +22,7 @@ import keras
 from keras import layers, ops
 
 from zoo.errors import check_choice, check_range
+from zoo.layers.norm import batch_normalization
 from zoo.layers.unit import BaseResidualUnit
 
 PLACEMENTS = ("original", "bn_after_add", "relu_before_add", "relu_preact", "full_preact")
@@ -71,7 +72,7 @@ def conv2d(filters, kernel_size, stride=1, name=None, kernel_initializer="he_nor
 
 
 def batch_norm(name, gamma_initializer="ones", dtype=None):
-    return layers.BatchNormalization(
+    return batch_normalization(
         momentum=BN_MOMENTUM, epsilon=BN_EPSILON, gamma_initializer=gamma_initializer, name=name, dtype=dtype
     )
 

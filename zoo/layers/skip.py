@@ -45,6 +45,7 @@ import numpy as np
 from keras import ops
 
 from zoo.errors import UnknownNameError, check_range
+from zoo.layers.norm import batch_normalization
 
 _SKIPS = {}
 
@@ -361,7 +362,7 @@ class Conv1x1Skip(SkipMapping):
         self.kernel_initializer = keras.initializers.get(kernel_initializer)
         self.norm = bool(norm)
         self.batch_norm = (
-            keras.layers.BatchNormalization(momentum=0.9, epsilon=1e-5, name="bn", dtype=self.dtype_policy)
+            batch_normalization(momentum=0.9, epsilon=1e-5, name="bn", dtype=self.dtype_policy)
             if self.norm
             else None
         )

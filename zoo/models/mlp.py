@@ -16,6 +16,7 @@ from keras import layers, ops
 
 from zoo.errors import check_choice, check_range
 from zoo.layers.drop_path import linear_drop_path_rates
+from zoo.layers.norm import batch_normalization
 from zoo.layers.residual import BN_EPSILON, BN_MOMENTUM
 from zoo.layers.unit import BaseResidualUnit
 from zoo.models.base import INPUT_NAME, ResidualModel
@@ -56,7 +57,7 @@ class ResidualMLPUnit(BaseResidualUnit):
         )
         if norm == "batch":
             self.norms = [
-                layers.BatchNormalization(momentum=BN_MOMENTUM, epsilon=BN_EPSILON, name=f"bn{i + 1}", dtype=dtype)
+                batch_normalization(momentum=BN_MOMENTUM, epsilon=BN_EPSILON, name=f"bn{i + 1}", dtype=dtype)
                 for i in range(2)
             ]
         elif norm == "layer":

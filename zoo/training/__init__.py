@@ -5,7 +5,10 @@ from zoo.training.distribute import (
     DISTRIBUTE_MODES,
     configure_distribution,
     configure_vit_model_parallel,
+    distribute_batches,
+    distribution_scope,
     initialize_processes,
+    prepare_fit,
     process_info,
     vit_layout_map,
 )
