@@ -28,6 +28,7 @@ latest.json, a corrupted or foreign checkpoint) is refused in one line, with exi
 
 import argparse
 import copy
+import hashlib
 import importlib.util
 import json
 import math
@@ -557,6 +558,10 @@ def fit(config, out, data, model, resume=False):
             "--set optimizer.learning_rate=0.01)."
         )
     record = training_record(out / "log.csv", trainer) if chief else {}  # before evaluate, which recompiles `model`
+    index, count = zoo.training.process_info()
+    if count > 1:  # every replica must hold the same weights, bit for bit: the log shows each one's digest
+        digest = hashlib.sha256(b"".join(zoo.training.distribute.host_array(v).tobytes() for v in trainer.variables))
+        print(f"process {index} of {count}: weights sha256 {digest.hexdigest()}", flush=True)
     metrics = evaluate(model, data, config["batch_size"], workers=config["stream_workers"])
     metrics.update(record)
     metrics.update({

@@ -5,6 +5,7 @@ MultiWorkerMirroredStrategy on tensorflow, torch.distributed on torch: two proce
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -202,6 +203,8 @@ def test_two_processes_train_as_one_on_the_same_global_batch_and_resume_exactly(
     files; both killed mid-epoch and restarted with --resume end where the uninterrupted pair did."""
     one, two = finish(launch(tmp_path / "one", 1)), finish(launch(tmp_path / "two", 2))
     assert "test accuracy" in one[0] and all("test accuracy" in o for o in two)
+    digests = [re.search(r"process (\d) of 2: weights sha256 (\w+)", o).groups() for o in two]
+    assert sorted(i for i, _ in digests) == ["0", "1"] and digests[0][1] == digests[1][1]  # replicas bit-identical
     reference, parallel = saved_weights(tmp_path / "one"), saved_weights(tmp_path / "two")
     for a, b in zip(reference, parallel):
         np.testing.assert_allclose(b, a, rtol=0, atol=1e-5)
