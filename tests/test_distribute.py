@@ -108,9 +108,10 @@ def test_data_parallel_on_torch_asks_for_one_process_per_device():
 
 
 @pytest.mark.skipif(keras.backend.backend() != "tensorflow", reason="tf.distribute")
-def test_data_parallel_on_tensorflow_is_a_mirrored_strategy_in_one_process():
+def test_data_parallel_on_tensorflow_is_a_mirrored_strategy_in_one_process(tmp_path):
     import tensorflow as tf
 
+    from recipes import train as recipe
     from zoo.training import distribute
 
     try:
@@ -118,6 +119,9 @@ def test_data_parallel_on_tensorflow_is_a_mirrored_strategy_in_one_process():
         assert isinstance(strategy, tf.distribute.MirroredStrategy) and strategy.num_replicas_in_sync == 1
         with distribute.distribution_scope():
             assert tf.distribute.get_strategy() is strategy
+        assert distribute.process_info() == (0, 1)
+        assert recipe.main(["train", "--distribute", "data", "--out", str(tmp_path), "--set", *TINY_RUN[:4], "epochs=1"]) == 0
+        assert (tmp_path / "model.weights.h5").is_file()
     finally:
         distribute._STATE["strategy"] = None
 

@@ -164,7 +164,7 @@ def process_info():
             return 0, 1
         return jax.process_index(), jax.process_count()
     if BACKEND == "tensorflow":
-        return _tf_workers() if _STATE["strategy"] is not None else (0, 1)
+        return (_tf_workers() if _STATE["strategy"] is not None else None) or (0, 1)
     if BACKEND == "torch":
         import torch.distributed as dist
 
