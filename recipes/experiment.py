@@ -63,7 +63,7 @@ def run_all(runs, root, jobs, env):
 PER_SEED = ("test_accuracy", "test_loss", "train_loss", "train_accuracy", "optimizer_steps", "epochs", "seconds")
 
 
-def summarize(experiment, runs, root, device, command=None):
+def summarize(experiment, runs, root, device, command=None, note=None):
     rows = []
     for label in experiment["variants"]:
         per_seed, dataset = [], None
@@ -94,13 +94,15 @@ def summarize(experiment, runs, root, device, command=None):
         "backend": os.environ.get("KERAS_BACKEND"), "device": device, "date": time.strftime("%Y-%m-%d"),
         "command": command,
     }
+    if note:
+        meta["note"] = note
     lines = [
         f"### {experiment.get('title', experiment.get('name'))}",
         "",
         f"{meta['model']} on {meta['dataset']}"
         + (f" ({meta['train_subset']} training images)" if meta["train_subset"] else "")
         + f", {meta['epochs']} epochs, batch {meta['batch_size']}, seeds {meta['seeds']}, "
-        f"{meta['backend']} backend on {device}, {meta['date']}.",
+        f"{meta['backend']} backend on {device}, {meta['date']}" + (f" ({note})" if note else "") + ".",
         "",
         "| variant | test accuracy (mean ± std) | test error % | runs |",
         "|---|---|---|---|",
@@ -160,8 +162,15 @@ def main(argv=None):
         env.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
     if not args.no_run:
         run_all(runs, root, args.jobs, env)
-    command = " ".join(["python -m recipes.experiment", *map(shlex.quote, sys.argv[1:] if argv is None else argv)])
-    print(summarize(experiment, runs, root, device_name(), command=f"KERAS_BACKEND={os.environ.get('KERAS_BACKEND')} {command}"))
+    argv = list(sys.argv[1:] if argv is None else argv)
+    note = None
+    if args.no_run:  # the table of runs made by the same command without --no-run, perhaps not all of them
+        argv = [a for a in argv if a not in ("--no-run", "--out") and a != args.out]
+        done = sum((root / label / f"seed{seed}" / "metrics.json").is_file() for label, seed, _ in runs)
+        note = f"tabulated with --no-run when {done} of the {len(runs)} runs had finished"
+    command = " ".join(["python -m recipes.experiment", *map(shlex.quote, argv)])
+    print(summarize(experiment, runs, root, device_name(), command=f"KERAS_BACKEND={os.environ.get('KERAS_BACKEND')} {command}",
+                    note=note))
     if args.publish:
         publish = Path(args.publish)
         publish.mkdir(parents=True, exist_ok=True)

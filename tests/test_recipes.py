@@ -204,3 +204,25 @@ def test_he_et_al_experiment_configs_use_the_papers_shortcuts():
         assert (args.get("downsample") == "pad") == (config["model"] == "resnet110_cifar"), label
     preact = zoo.get_model("resnet20_cifar", placement="full_preact", shared_first_preact=True, input_shape=(8, 8, 1))
     assert [u.shared_preact for u in preact.residual_units] == [True] + [False] * 8
+
+
+def test_experiment_table_of_unfinished_runs_says_how_many_finished(tmp_path, monkeypatch):
+    """--no-run tabulates the runs that finished; the table names the command that made them
+    (without --no-run) and how many of the planned runs it holds."""
+    from recipes import experiment as runner
+
+    spec = {"name": "tiny", "base": {"model": "resnet20_cifar", "dataset": "digits", "epochs": 1},
+            "variants": {"a": {}, "b": {}}, "seeds": [0, 1]}
+    path = tmp_path / "tiny.json"
+    path.write_text(json.dumps(spec))
+    root = tmp_path / "runs"
+    for label, seed, accuracy in (("a", 0, 0.5), ("a", 1, 0.7), ("b", 0, 0.6)):
+        (root / label / f"seed{seed}").mkdir(parents=True)
+        (root / label / f"seed{seed}" / "metrics.json").write_text(json.dumps({"test_accuracy": accuracy}))
+    monkeypatch.setattr(sys, "argv", ["experiment", str(path), "--no-run", "--out", str(root)])
+    runner.main()
+    result = json.loads((root / "results.json").read_text())
+    assert result["meta"]["note"] == "tabulated with --no-run when 3 of the 4 runs had finished"
+    assert "--no-run" not in result["meta"]["command"] and str(root) not in result["meta"]["command"]
+    rows = {r["variant"]: r for r in result["rows"]}
+    assert rows["a"]["runs"] == 2 and rows["a"]["test_accuracy_mean"] == pytest.approx(0.6) and rows["b"]["runs"] == 1
