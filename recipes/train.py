@@ -570,7 +570,7 @@ def fit(config, out, data, model, resume=False):
     })
     if not chief and not zoo.training.distribute.saving_is_collective():
         return metrics
-    if keras.backend.backend() == "jax" and zoo.training.process_info()[1] > 1:
+    if keras.backend.backend() == "jax" and count > 1:
         model = zoo.training.distribute.local_copy(model)  # its replica, computing nothing with the others
     if not chief:  # tf.distribute's multi-worker rule: every worker saves, all but the chief into a scratch folder
         with tempfile.TemporaryDirectory() as scratch:
