@@ -52,8 +52,8 @@ STUDY_COMMANDS = {
                    "--publish docs/results/lechner_cnn",
     "he_table1_cpu": "KERAS_BACKEND=jax python -m recipes.experiment recipes/experiments/he_table1_cpu.json "
                      "--publish docs/results/he_table1_cpu",
-    "he_table2_cpu": "KERAS_BACKEND=jax python -m recipes.experiment recipes/experiments/he_table2_cpu.json "
-                     "--publish docs/results/he_table2_cpu",
+    **{f"he_table2_r{depth}": f"KERAS_BACKEND=jax python -m recipes.experiment recipes/experiments/he_table2_r{depth}.json "
+                              f"--publish docs/results/he_table2_r{depth}" for depth in (20, 56)},
     "lechner_vit": "KERAS_BACKEND=jax python -m recipes.experiment recipes/experiments/lechner_vit.json "
                    "--publish docs/results/lechner_vit",
     "park_droppath_resnet20": "KERAS_BACKEND=jax python -m recipes.experiment "
@@ -156,12 +156,12 @@ CLAIMS += [
                           ("conv1x1", "a 1x1 convolution shortcut"), ("dropout_0.5", "a dropout shortcut"))
 ] + [
     claim for depth in (20, 56) for claim in (
-        dict(id=f"he-full-preact-r{depth}", source="he", study="he_table2_cpu",
+        dict(id=f"he-full-preact-r{depth}", source="he", study=f"he_table2_r{depth}",
              claim=f"Full pre-activation beats the original placement (ResNet-{depth}).",
-             test="compare", a=f"r{depth}_full_preact", b=f"r{depth}_original"),
-        dict(id=f"he-bn-after-add-r{depth}", source="he", study="he_table2_cpu",
+             test="compare", a="full_preact", b="original"),
+        dict(id=f"he-bn-after-add-r{depth}", source="he", study=f"he_table2_r{depth}",
              claim=f"BN after the addition hurts against the original placement (ResNet-{depth}).",
-             test="compare", a=f"r{depth}_original", b=f"r{depth}_bn_after_add"))
+             test="compare", a="original", b="bn_after_add"))
 ]
 
 # Park's claims again on a CNN: ResNet-20.
