@@ -63,6 +63,30 @@ def run_all(runs, root, jobs, env):
 PER_SEED = ("test_accuracy", "test_loss", "train_loss", "train_accuracy", "optimizer_steps", "epochs", "seconds")
 
 
+def loss_curve(log_csv):
+    """Each epoch's training loss from a run's Keras CSV log (empty when there is none)."""
+    import csv
+
+    if not Path(log_csv).is_file():
+        return []
+    return [float(row["loss"]) for row in csv.DictReader(Path(log_csv).open()) if row.get("loss")]
+
+
+def table_row(label, dataset, per_seed):
+    accs = [r["test_accuracy"] for r in per_seed]
+    return {
+        "variant": label,
+        "dataset": dataset,
+        "runs": len(accs),
+        # std over seeds: the sample form (ddof=1), as docs/claims.md
+        "test_accuracy_mean": float(np.mean(accs)) if accs else None,
+        "test_accuracy_std": float(np.std(accs, ddof=1)) if len(accs) > 1 else 0.0,
+        "test_error_pct_mean": float(100 * (1 - np.mean(accs))) if accs else None,
+        "accuracies": accs,
+        "seeds": per_seed,
+    }
+
+
 def summarize(experiment, runs, root, device, command=None, note=None):
     rows = []
     for label in experiment["variants"]:
@@ -71,20 +95,10 @@ def summarize(experiment, runs, root, device, command=None, note=None):
             f = root / run_label / f"seed{seed}" / "metrics.json"
             if run_label == label and f.is_file():
                 metrics = json.loads(f.read_text())
-                per_seed.append({"seed": seed, **{k: metrics.get(k) for k in PER_SEED}})
+                per_seed.append({"seed": seed, **{k: metrics.get(k) for k in PER_SEED},
+                                 "train_loss_curve": loss_curve(f.parent / "log.csv")})
                 dataset = config.get("dataset")
-        accs = [r["test_accuracy"] for r in per_seed]
-        rows.append({
-            "variant": label,
-            "dataset": dataset,
-            "runs": len(accs),
-            # std over seeds: numpy's population form (ddof=0), as every table here
-            "test_accuracy_mean": float(np.mean(accs)) if accs else None,
-            "test_accuracy_std": float(np.std(accs)) if len(accs) > 1 else 0.0,
-            "test_error_pct_mean": float(100 * (1 - np.mean(accs))) if accs else None,
-            "accuracies": accs,
-            "seeds": per_seed,
-        })
+        rows.append(table_row(label, dataset, per_seed))
     base = runs[0][2] if runs else {}
     meta = {
         "experiment": experiment.get("name"), "description": experiment.get("description", ""),
@@ -96,13 +110,22 @@ def summarize(experiment, runs, root, device, command=None, note=None):
     }
     if note:
         meta["note"] = note
+    return write_tables(experiment.get("title", experiment.get("name")), rows, meta, root)
+
+
+def write_tables(title, rows, meta, root):
+    """results.md, results.json and results.png in `root` from the rows and their meta."""
+    device, note = meta["device"], meta.get("note")
+    meta = {**meta, "title": title}
     lines = [
-        f"### {experiment.get('title', experiment.get('name'))}",
+        f"### {title}",
         "",
         f"{meta['model']} on {meta['dataset']}"
         + (f" ({meta['train_subset']} training images)" if meta["train_subset"] else "")
         + f", {meta['epochs']} epochs, batch {meta['batch_size']}, seeds {meta['seeds']}, "
         f"{meta['backend']} backend on {device}, {meta['date']}" + (f" ({note})" if note else "") + ".",
+        "",
+        "Std is the sample standard deviation over seeds (ddof=1).",
         "",
         "| variant | test accuracy (mean ± std) | test error % | runs |",
         "|---|---|---|---|",
@@ -118,6 +141,20 @@ def summarize(experiment, runs, root, device, command=None, note=None):
     return "\n".join(lines)
 
 
+def retabulate(folder):
+    """Rewrite a published study's tables from its results.json: the rows are recomputed from
+    each seed's numbers, the meta (command, date, device) kept as measured."""
+    data = json.loads((folder / "results.json").read_text())
+    if "meta" not in data or any("seeds" not in r for r in data.get("rows", [None])):
+        raise SystemExit(f"{folder / 'results.json'} holds no per-seed numbers (a table older than recipes.experiment's "
+                         "per-seed rows): there is nothing to recompute it from.")
+    meta = data["meta"]
+    rows = [table_row(r["variant"], r.get("dataset"), r["seeds"]) for r in data["rows"]]
+    source = Path(__file__).parent / "experiments" / f"{meta['experiment']}.json"
+    title = meta.get("title") or (json.loads(source.read_text()).get("title") if source.is_file() else None) or meta["experiment"]
+    return write_tables(title, rows, {k: v for k, v in meta.items() if k != "title"}, folder)
+
+
 def plot(rows, path, meta):
     import matplotlib
 
@@ -127,7 +164,20 @@ def plot(rows, path, meta):
     done = [r for r in rows if r["runs"]]
     if not done:
         return
-    fig, ax = plt.subplots(figsize=(max(4, 0.9 * len(done) + 2), 3.2))
+    curves = [r for r in done if any(len(seed.get("train_loss_curve") or []) > 1 for seed in r["seeds"])]
+    width = max(4, 0.9 * len(done) + 2)
+    if curves:  # accuracy bars beside the training-loss curves (mean over seeds, per epoch)
+        fig, (ax, ax2) = plt.subplots(1, 2, figsize=(width + 4.5, 3.2), gridspec_kw={"width_ratios": [width, 4.5]})
+        for r in curves:
+            seeds = [seed["train_loss_curve"] for seed in r["seeds"] if seed.get("train_loss_curve")]
+            n = min(len(c) for c in seeds)
+            ax2.plot(range(1, n + 1), np.mean([c[:n] for c in seeds], axis=0), marker=".", label=r["variant"])
+        ax2.set_yscale("log")
+        ax2.set_xlabel("epoch")
+        ax2.set_ylabel("training loss (mean over seeds)")
+        ax2.legend(fontsize=6)
+    else:
+        fig, ax = plt.subplots(figsize=(width, 3.2))
     ax.bar(range(len(done)), [r["test_accuracy_mean"] for r in done], yerr=[r["test_accuracy_std"] for r in done], capsize=3)
     ax.set_xticks(range(len(done)), [r["variant"] for r in done], rotation=30, ha="right", fontsize=8)
     lo = min(r["test_accuracy_mean"] for r in done)
@@ -141,7 +191,10 @@ def plot(rows, path, meta):
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("experiment", help="experiment JSON (recipes/experiments/)")
+    parser.add_argument("experiment", nargs="?", help="experiment JSON (recipes/experiments/)")
+    parser.add_argument("--retabulate", default=None, metavar="DIR",
+                        help="rewrite DIR's results.{md,png} and the spreads in its results.json from the per-seed "
+                             "numbers it holds (no runs; e.g. after a change to how tables are written)")
     parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="overrides for every run (e.g. epochs=3)")
     parser.add_argument("--jobs", type=int, default=1, help="runs at a time (a GPU is mostly idle with one small run)")
     parser.add_argument("--out", default=None, help="default runs/<experiment name>")
@@ -150,6 +203,11 @@ def main(argv=None):
     parser.add_argument("--publish", default=None, metavar="DIR",
                         help="also copy results.{json,md,png} there (e.g. docs/results/<name>, read by recipes.claims)")
     args = parser.parse_args(argv)
+    if args.retabulate:
+        print(retabulate(Path(args.retabulate)))
+        return
+    if not args.experiment:
+        parser.error("an experiment JSON is needed (or --retabulate DIR)")
     experiment = json.loads(Path(args.experiment).read_text())
     if args.seeds:
         experiment["seeds"] = [int(s) for s in args.seeds.split(",")]

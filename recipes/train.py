@@ -67,6 +67,10 @@ DEFAULTS = {
     "optimizer": {"name": "sgd", "learning_rate": 0.1, "momentum": 0.9, "weight_decay": 5e-4,
                   "schedule": "cosine", "warmup_epochs": 0},
     "epochs": 10,
+    # validate on the test split every this many epochs (Keras' validation_freq; 0: never during
+    # training, only the final evaluation): a study on a small training subset spends most of its
+    # time evaluating the full test set each epoch otherwise
+    "validation_freq": 1,
     "batch_size": 128,
     "augment": None,
     "pad": 4,
@@ -511,12 +515,17 @@ class EpochWindow(keras.utils.PyDataset):
 
 def fit(config, out, data, model, resume=False):
     out = Path(out)
+    freq = config["validation_freq"]
+    if not isinstance(freq, int) or isinstance(freq, bool) or freq < 0:
+        raise ValueError(f"Received validation_freq={freq!r}; allowed: an epoch count >= 1, or 0 for no validation "
+                         "during training (the final evaluation still runs).")
     chief = zoo.training.process_info()[0] == 0  # in a multi-process run only process 0 writes files
     out.mkdir(parents=True, exist_ok=True)
     if chief:
         (out / "config.json").write_text(json.dumps(config, indent=2))
     train = train_batches(config, data)
     test = test_batches(data, config["batch_size"], workers=config["stream_workers"])
+    validation = {"validation_data": distribute_batches(test), "validation_freq": freq} if freq else {}
     trainer = zoo.training.prepare_fit(compile_trainer(config, make_trainer(config, model), len(train)))
     trainer.optimizer.build(trainer.trainable_variables)
     initial_epoch, initial_step = 0, 0
@@ -543,13 +552,12 @@ def fit(config, out, data, model, resume=False):
     if initial_step and initial_epoch < config["epochs"]:  # finish the epoch a step checkpoint was in
         checkpoints.offset = initial_step
         trainer.fit(distribute_batches(EpochWindow(train, initial_epoch, initial_step)),
-                    validation_data=distribute_batches(test), epochs=initial_epoch + 1,
-                    initial_epoch=initial_epoch, callbacks=callbacks, shuffle=False, verbose=verbose)
+                    epochs=initial_epoch + 1, initial_epoch=initial_epoch, callbacks=callbacks,
+                    shuffle=False, verbose=verbose, **validation)
         checkpoints.offset, initial_epoch = 0, initial_epoch + 1
     if initial_epoch < config["epochs"] and not guard.failed:
-        trainer.fit(distribute_batches(train), validation_data=distribute_batches(test), epochs=config["epochs"],
-                    initial_epoch=initial_epoch,
-                    callbacks=callbacks, shuffle=False, verbose=verbose)
+        trainer.fit(distribute_batches(train), epochs=config["epochs"], initial_epoch=initial_epoch,
+                    callbacks=callbacks, shuffle=False, verbose=verbose, **validation)
     if guard.failed:
         kept = (f"The last good checkpoint is kept in {out / 'checkpoints'} (resume with --resume"
                 if (out / "checkpoints" / "latest.json").is_file() else "No good checkpoint was written (start again")

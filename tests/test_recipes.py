@@ -1,6 +1,7 @@
 """The training recipe: runs end to end, resumes a killed run exactly, writes atomically,
 and stops on NaN keeping the last good checkpoint."""
 
+import csv
 import json
 import math
 import os
@@ -39,10 +40,16 @@ def run_cli(out, *args, epochs=3):
 
 
 def test_metrics_count_the_steps_of_a_plain_trainer_too(tmp_path):
-    plain = tiny_config(epochs=1, trainer={"kind": "plain"})
+    """... and validation_freq=0 trains without evaluating each epoch (studies on a small
+    training subset), the final evaluation still made."""
+    plain = tiny_config(epochs=1, trainer={"kind": "plain"}, validation_freq=0)
     data, model = recipe.prepare(plain, tmp_path)
     metrics = recipe.fit(plain, tmp_path, data, model)  # its evaluation recompiles the model afterwards
     assert metrics["optimizer_steps"] == math.ceil(len(data.x_train) / plain["batch_size"])
+    last = list(csv.DictReader((tmp_path / "log.csv").open()))[-1]  # Keras' CSVLogger writes NA for a skipped validation
+    assert last.get("val_loss") in (None, "NA") and 0.0 <= metrics["test_accuracy"] <= 1.0
+    with pytest.raises(ValueError, match="validation_freq=-1; allowed: an epoch count"):
+        recipe.fit(recipe.deep_update(plain, {"validation_freq": -1}), tmp_path / "bad", data, model)
 
 
 def test_train_writes_logs_checkpoints_and_metrics(tmp_path):
@@ -52,6 +59,7 @@ def test_train_writes_logs_checkpoints_and_metrics(tmp_path):
     assert 0.0 <= metrics["test_accuracy"] <= 1.0 and metrics["test_samples"] == 64
     assert json.loads((tmp_path / "metrics.json").read_text())["test_accuracy"] == metrics["test_accuracy"]
     assert len((tmp_path / "log.csv").read_text().strip().splitlines()) == 3  # header + 2 epochs
+    assert float(list(csv.DictReader((tmp_path / "log.csv").open()))[-1]["val_loss"]) > 0  # validated every epoch by default
     steps = math.ceil(len(data.x_train) / config["batch_size"])
     assert metrics["optimizer_steps"] == 2 * steps and np.isfinite(metrics["train_loss"])  # what studies compare on
     assert json.loads((tmp_path / "checkpoints" / "latest.json").read_text())["epoch"] == 2
@@ -219,6 +227,7 @@ def test_experiment_table_of_unfinished_runs_says_how_many_finished(tmp_path, mo
     for label, seed, accuracy in (("a", 0, 0.5), ("a", 1, 0.7), ("b", 0, 0.6)):
         (root / label / f"seed{seed}").mkdir(parents=True)
         (root / label / f"seed{seed}" / "metrics.json").write_text(json.dumps({"test_accuracy": accuracy}))
+        (root / label / f"seed{seed}" / "log.csv").write_text(f"epoch,loss\n0,{1 + seed}\n1,{0.5 + seed}\n")
     monkeypatch.setattr(sys, "argv", ["experiment", str(path), "--no-run", "--out", str(root)])
     runner.main()
     result = json.loads((root / "results.json").read_text())
@@ -226,3 +235,17 @@ def test_experiment_table_of_unfinished_runs_says_how_many_finished(tmp_path, mo
     assert "--no-run" not in result["meta"]["command"] and str(root) not in result["meta"]["command"]
     rows = {r["variant"]: r for r in result["rows"]}
     assert rows["a"]["runs"] == 2 and rows["a"]["test_accuracy_mean"] == pytest.approx(0.6) and rows["b"]["runs"] == 1
+    assert rows["a"]["test_accuracy_std"] == pytest.approx(0.1 * 2 ** 0.5)  # sample std (ddof=1), as the claims page
+    assert [s["train_loss_curve"] for s in rows["a"]["seeds"]] == [[1.0, 0.5], [2.0, 1.5]]  # each epoch's loss
+    assert (root / "results.png").stat().st_size > 0  # bars beside the loss curves
+
+    # --retabulate rewrites the tables from results.json's per-seed numbers alone, meta kept.
+    table = (root / "results.md").read_text()
+    for name in ("results.md", "results.png"):
+        (root / name).unlink()
+    runner.main(["--retabulate", str(root)])
+    assert (root / "results.md").read_text() == table and (root / "results.png").is_file()
+    assert json.loads((root / "results.json").read_text())["meta"]["command"] == result["meta"]["command"]
+    (root / "results.json").write_text(json.dumps({"rows": [{"variant": "a", "test_accuracy_mean": 0.6}]}))
+    with pytest.raises(SystemExit, match="holds no per-seed numbers"):
+        runner.main(["--retabulate", str(root)])
