@@ -1,6 +1,18 @@
+import atexit
 import os
+import shutil
+import tempfile
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+# jax: one persistent compilation cache for this test run, shared by the xdist workers and the
+# subprocesses they start (they inherit the environment set here, in the controller, before it
+# starts them). Tests build the same small models again and again; each compiles once. The folder
+# is new for every run and removed at its end, so no run reads another's compilations.
+if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
+    _cache = tempfile.mkdtemp(prefix="zoo-tests-jax-cache-")
+    os.environ["JAX_COMPILATION_CACHE_DIR"] = _cache
+    os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")  # cache the quick compilations too
+    atexit.register(shutil.rmtree, _cache, ignore_errors=True)
 
 import keras
 import numpy as np

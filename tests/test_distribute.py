@@ -205,7 +205,8 @@ def test_two_processes_train_as_one_on_the_same_global_batch_and_resume_exactly(
     """Two processes on 127.0.0.1, each feeding half of every global batch of 32, end with the
     weights of one process on those batches (to float32 summation order); the chief alone writes
     files; both killed mid-epoch and restarted with --resume end where the uninterrupted pair did."""
-    one, two = finish(launch(tmp_path / "one", 1)), finish(launch(tmp_path / "two", 2))
+    one_run, two_runs = launch(tmp_path / "one", 1), launch(tmp_path / "two", 2)  # side by side: they share nothing
+    one, two = finish(one_run), finish(two_runs)
     assert "test accuracy" in one[0] and all("test accuracy" in o for o in two)
     digests = [re.search(r"process (\d) of 2: weights sha256 (\w+)", o).groups() for o in two]
     assert sorted(i for i, _ in digests) == ["0", "1"] and digests[0][1] == digests[1][1]  # replicas bit-identical
