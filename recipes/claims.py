@@ -50,10 +50,12 @@ STUDY_COMMANDS = {
                         "--publish docs/results/skip_swap_warmup",
     "lechner_cnn": "KERAS_BACKEND=jax python -m recipes.experiment recipes/experiments/lechner_cnn.json "
                    "--publish docs/results/lechner_cnn",
-    "he_table1_cpu": "KERAS_BACKEND=jax python -m recipes.experiment recipes/experiments/he_table1_cpu.json "
+    "he_table1_cpu": "KERAS_BACKEND=tensorflow python -m recipes.experiment recipes/experiments/he_table1_cpu.json "
                      "--publish docs/results/he_table1_cpu",
-    **{f"he_table2_r{depth}": f"KERAS_BACKEND=jax python -m recipes.experiment recipes/experiments/he_table2_r{depth}.json "
-                              f"--publish docs/results/he_table2_r{depth}" for depth in (20, 56)},
+    "he_table2_r20": "KERAS_BACKEND=jax python -m recipes.experiment recipes/experiments/he_table2_r20.json "
+                     "--publish docs/results/he_table2_r20",
+    "he_table2_r56": "KERAS_BACKEND=tensorflow python -m recipes.experiment recipes/experiments/he_table2_r56.json "
+                     "--publish docs/results/he_table2_r56",
     "lechner_vit": "KERAS_BACKEND=jax python -m recipes.experiment recipes/experiments/lechner_vit.json "
                    "--publish docs/results/lechner_vit",
     "park_droppath_resnet20": "KERAS_BACKEND=jax python -m recipes.experiment "
@@ -150,7 +152,7 @@ CLAIMS = [
 CLAIMS += [
     dict(id=f"he-identity-vs-{variant}", source="he", study="he_table1_cpu",
          claim=f"In a deep (54-unit) ResNet the identity shortcut beats {what}.",
-         test="compare", a="identity", b=variant)
+         test="compare", a="identity", b=variant, with_train_loss=True)
     for variant, what in (("scale_0.5_shortcut", "scaling the shortcut by 0.5"),
                           ("gate_exclusive_b-6", "exclusive gating (b_g = -6)"),
                           ("conv1x1", "a 1x1 convolution shortcut"), ("dropout_0.5", "a dropout shortcut"))
@@ -259,6 +261,15 @@ def experiment_accuracies(data, variant):
     return []  # a variant the study's results do not hold yet: "not measured yet"
 
 
+def experiment_values(data, variant, key):
+    """Each seed's `key` (e.g. train_loss) of a variant; [] when any seed lacks it."""
+    for row in data["rows"]:
+        if row["variant"] == variant:
+            values = [s.get(key) for s in row.get("seeds", [])]
+            return values if values and all(v is not None for v in values) else []
+    return []
+
+
 def study_setting(data):
     """One line: data, schedule, seeds, backend and the command, from the results JSON."""
     if "settings" in data:  # recipes.ra_study
@@ -319,6 +330,11 @@ def evaluate(claim, results=RESULTS):
         verdict, d, se = compare_verdict(a, b)
         measured = (f"test accuracy {claim['a']} {fmt(*mean_std(a))} (n={len(a)}) vs {claim['b']} "
                     f"{fmt(*mean_std(b))} (n={len(b)}); difference {d:+.4f}, standard error {se:.4f}")
+        if claim.get("with_train_loss"):  # the mechanism a claim about optimisation rests on
+            la, lb = experiment_values(data, claim["a"], "train_loss"), experiment_values(data, claim["b"], "train_loss")
+            if la and lb:
+                measured += (f"; final training loss {claim['a']} {fmt(*mean_std(la))} vs {claim['b']} "
+                             f"{fmt(*mean_std(lb))}")
         return measured + (FEW_SEEDS if min(len(a), len(b)) < MIN_SEEDS else ""), verdict, setting
     if claim["test"] == "compare_gain":
         (a1, a0), (b1, b0) = claim["a"], claim["b"]

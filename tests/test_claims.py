@@ -58,8 +58,16 @@ def test_page_from_results_is_deterministic_and_says_what_was_measured(tmp_path)
                     for s, share in (("identity", 0.95), ("none", 0.5)) for d in (2, 4) for seed in (0, 1, 2)],
         "ra4_slopes_per_seed": {"identity": {"0": -0.9, "1": -1.1, "2": -1.0}, "none": {"0": 0.1, "1": 0.2, "2": 0.1}},
     })
+    table1 = experiment_json({"identity": [0.80, 0.82, 0.81], "conv1x1": [0.70, 0.72, 0.71]})
+    for row, losses in zip(table1["rows"], ([0.5, 0.6, 0.7], [0.9, 1.0, 1.1])):
+        for seed, loss in zip(row["seeds"], losses):
+            seed["train_loss"] = loss
+    write(tmp_path, "he_table1_cpu", table1)
     page = claims.render(tmp_path)
     assert page == claims.render(tmp_path)  # byte for byte
+    # He Table 1's claims are about optimisation: the training loss stands beside the accuracy.
+    assert "final training loss identity 0.6000 ± 0.1000 vs conv1x1 1.0000 ± 0.1000" in page
+    assert "| [he-identity-vs-conv1x1](#he-identity-vs-conv1x1) | He et al. | **reproduced** |" in page
     assert "| [park-dpf-vs-droppath](#park-dpf-vs-droppath) | Park | **reproduced** |" in page
     assert "droppathfreeze_0.2 0.8633 ± 0.0058 (n=3) vs droppath_0.2 0.8100 ± 0.0100 (n=3)" in page
     for claim_id in ("ra1-line", "ra2-alignment", "ra3-rank", "ra4-depth", "ra-none-control"):
