@@ -68,6 +68,29 @@ def test_freeze_is_exact_for_a_and_b_steps(opt):
     assert {0, 1} <= seen_kinds and ("dropped", 0) in seen_kinds
 
 
+@pytest.mark.parametrize("placement", ["original", "full_preact"])
+def test_skipping_dropped_branches_is_the_same_step(placement):
+    """A unit dropped for the whole batch computes M(s) alone (a conditional per unit inside the
+    compiled step on jax and tensorflow, a Python branch on torch): the weights, optimizer slots
+    and BatchNorm statistics after A and B steps are those of the step that computes every
+    branch and multiplies the dropped ones by 0."""
+    def train(skip_dropped):
+        keras.utils.set_random_seed(0)
+        model = tiny_resnet(stage_depths=(2, 2), drop_path_rate=0.6, placement=placement, shared_first_preact=True)
+        trainer = DropPathFreeze(model, seed=3, skip_dropped=skip_dropped)
+        trainer.compile(optimizer=keras.optimizers.SGD(0.05, momentum=0.9, weight_decay=1e-2), loss=LOSS)
+        dropped = 0
+        for step in range(6):
+            trainer.train_on_batch(*batch(step))
+            dropped += int(np.sum(to_numpy(trainer.last_mask) == 0))
+        return [to_numpy(v) for v in trainer.variables], dropped
+
+    (skipped, dropped), (computed, _) = train(True), train(False)
+    assert dropped > 2  # steps with dropped units were taken
+    for a, b in zip(skipped, computed):
+        np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-6)
+
+
 def test_b_step_reuses_the_mask_of_its_a_step():
     model, trainer = make(keras.optimizers.SGD(0.05))
     masks = []

@@ -35,10 +35,21 @@ class DropPath(keras.layers.Layer):
         self.seed_generator = keras.random.SeedGenerator(self.seed, name="seed_generator")
         self.supports_masking = True
 
-    def force(self, multiplier=None, grad_gate=None):
-        """Impose this step's keep multiplier (None restores random drawing)."""
+    def force(self, multiplier=None, grad_gate=None, skippable=True):
+        """Impose this step's keep multiplier (None restores random drawing). `skippable=False`:
+        the unit computes its branch even where the multiplier is 0 (the reference the skipping
+        step is tested against)."""
         # object.__setattr__: transient tensors, not state for Keras' (or torch's) tracking.
-        object.__setattr__(self, "_forced", None if multiplier is None else (multiplier, grad_gate))
+        object.__setattr__(self, "_forced", None if multiplier is None else (multiplier, grad_gate, skippable))
+
+    def forced_batch_multiplier(self):
+        """The multiplier a training step imposes on the whole batch (a scalar tensor), or None
+        when none is imposed or it differs between samples. A unit whose multiplier is 0 need
+        not compute its branch at all (BaseResidualUnit.call)."""
+        forced = getattr(self, "_forced", None)
+        if forced is None or forced[1] is not None or not forced[2] or len(forced[0].shape) != 0:
+            return None
+        return forced[0]
 
     def _per_sample(self, value, x):
         return ops.reshape(ops.cast(value, x.dtype), (-1,) + (1,) * (len(x.shape) - 1))
@@ -46,7 +57,7 @@ class DropPath(keras.layers.Layer):
     def call(self, x, training=None):
         forced = getattr(self, "_forced", None)
         if forced is not None:
-            multiplier, grad_gate = forced
+            multiplier, grad_gate, _ = forced
             if grad_gate is not None:
                 gate = self._per_sample(grad_gate, x)
                 x = gate * x + (1 - gate) * ops.stop_gradient(x)

@@ -247,6 +247,12 @@ class ResidualUnit(BaseResidualUnit):
         x, shortcut = self._branch_and_shortcut_input(x, training=training)
         return x, self.shortcut(shortcut, training=training)
 
+    def shortcut_only(self, x, training=None):
+        """The shortcut without the branch: the pre-activation where the shortcut starts from it."""
+        if self.placement in PREACT_PLACEMENTS and (self.needs_shortcut_change or self.shared_preact):
+            x = ops.relu(self.norms[0](x, training=training) if self.placement == "full_preact" else x)
+        return self.shortcut(x, training=training)
+
     def _branch_and_shortcut_input(self, x, training=None):
         """(F(x), the tensor the shortcut starts from): the pre-activated input in the
         pre-activation placements when the shape changes (as in the authors' code), else x."""

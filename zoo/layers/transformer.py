@@ -78,6 +78,9 @@ class PreNormResidualUnit(BaseResidualUnit):
     def branch_and_shortcut(self, x, training=None):
         return self.branch(self.norm(x), training=training), x
 
+    def shortcut_only(self, x, training=None):
+        return x
+
     def get_config(self):
         return {**super().get_config(), "norm": self.norm_kind}
 

@@ -27,6 +27,7 @@ itself in that policy.
 """
 
 import keras
+from keras import ops
 
 from zoo.errors import check_choice, check_range
 from zoo.layers.drop_path import GRANULARITIES, DropPath
@@ -106,6 +107,14 @@ class BaseResidualUnit(keras.layers.Layer):
         """What follows the residual add (nothing by default)."""
         return y
 
+    def shortcut_only(self, x, training=None):
+        """s, the tensor the skip mapping acts on, without computing the branch: what a unit
+        whose branch is dropped for the whole batch computes. None where a family cannot give it
+        apart from F (the default for one that overrides `branch_and_shortcut` but not this)."""
+        if type(self).branch_and_shortcut is BaseResidualUnit.branch_and_shortcut:
+            return x
+        return None
+
     def map_skip(self, shortcut, branch, training=None):
         """(M(shortcut), branch times the scale M imposes). A recurrent cell draws its
         randomness once per sequence here instead."""
@@ -128,8 +137,28 @@ class BaseResidualUnit(keras.layers.Layer):
         return mapped + self.apply_drop_path(branch, training=training)
 
     def call(self, x, training=None):
+        multiplier = self.drop_path.forced_batch_multiplier() if training and self._skippable() else None
+        if multiplier is None:
+            return self._full(x, training)
+        # A training step (DropPathFreeze) imposes one multiplier on the whole batch: where it is
+        # 0 the branch's output is multiplied away, so the unit computes M(s) alone.
+        return _unless_dropped(
+            ops.equal(multiplier, 0),
+            lambda: self.after_add(self.skip(self.shortcut_only(x, training=training), training=training),
+                                   training=training),
+            lambda: self._full(x, training),
+            self.variables,
+        )
+
+    def _full(self, x, training):
         branch, shortcut = self.branch_and_shortcut(x, training=training)
         return self.after_add(self.residual(shortcut, branch, training=training), training=training)
+
+    def _skippable(self):
+        cls = type(self)
+        return (cls.map_skip is BaseResidualUnit.map_skip and cls.apply_drop_path is BaseResidualUnit.apply_drop_path
+                and (cls.shortcut_only is not BaseResidualUnit.shortcut_only
+                     or cls.branch_and_shortcut is BaseResidualUnit.branch_and_shortcut))
 
     def compute_output_shape(self, input_shape):
         return self.residual_shape(input_shape)
@@ -144,3 +173,34 @@ class BaseResidualUnit(keras.layers.Layer):
             "index": self.index,
             "num_units": self.num_units,
         }
+
+
+def _unless_dropped(dropped, when_dropped, full, variables):
+    """`when_dropped()` if the scalar tensor `dropped` is true, else `full()`, computing only the
+    one taken, inside a compiled step too: a Python branch on eager torch, tf.cond on
+    tensorflow, lax.cond on jax. On jax the state a branch updates (BatchNorm statistics, seed
+    generators of `variables`) comes out of the cond as outputs of both arms and is assigned
+    after it, into the training step's stateless scope, as Keras' jax trainer collects it."""
+    backend = keras.backend.backend()
+    if backend == "torch":
+        return when_dropped() if bool(dropped) else full()
+    if backend == "tensorflow":
+        return ops.cond(dropped, when_dropped, full)
+    import jax
+
+    variables = list(variables)
+    start = [v.value for v in variables]  # the step's current values (its stateless scope's)
+    state = [v for v in variables if not v.trainable]  # what a forward pass may assign
+
+    def arm(fn):
+        def run():
+            with keras.StatelessScope(list(zip(variables, start))) as scope:
+                out = fn()
+            return out, [scope.get_current_value(v) for v in state]
+
+        return run
+
+    out, values = jax.lax.cond(dropped, arm(when_dropped), arm(full))
+    for v, value in zip(state, values):
+        v.assign(value)
+    return out

@@ -49,6 +49,8 @@ class _DropPathFreezeBase(keras.Model):
             dropped on in A, and the rest of the model is frozen).
         freeze_every: run a B step after every k-th A step; 0 disables B steps.
         seed: seed of the mask generator.
+        skip_dropped: with batch granularity, a unit whose branch is dropped computes M(s)
+            alone, not F(x) times 0 (the same step, cheaper); False computes every branch.
 
     The wrapper's call is the model's call. It serializes (get_config holds the wrapped model's
     config), so keras.callbacks.ModelCheckpoint (".keras" or ".weights.h5") and BackupAndRestore
@@ -56,8 +58,9 @@ class _DropPathFreezeBase(keras.Model):
     trained model. To ship the model alone, save `wrapper.model`.
     """
 
-    def __init__(self, model, granularity="batch", freeze_every=1, seed=0, **kwargs):
+    def __init__(self, model, granularity="batch", freeze_every=1, seed=0, skip_dropped=True, **kwargs):
         super().__init__(**kwargs)
+        self.skip_dropped = bool(skip_dropped)
         self.granularity = check_choice("granularity", granularity, GRANULARITIES)
         self.freeze_every = int(check_range("freeze_every", freeze_every, low=0, integer=True))
         self.seed = int(check_range("seed", seed, low=0, integer=True))
@@ -97,6 +100,7 @@ class _DropPathFreezeBase(keras.Model):
             "granularity": self.granularity,
             "freeze_every": self.freeze_every,
             "seed": self.seed,
+            "skip_dropped": self.skip_dropped,
         }
 
     @classmethod
@@ -149,7 +153,7 @@ class _DropPathFreezeBase(keras.Model):
             grad_gate = None
             if self.granularity == "sample":
                 grad_gate = (1.0 - b) + b * dropped[i]
-            unit.drop_path.force(multiplier[i], grad_gate)
+            unit.drop_path.force(multiplier[i], grad_gate, skippable=self.skip_dropped)
 
     def release(self):
         for unit in self.model.residual_units:
