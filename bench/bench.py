@@ -118,16 +118,27 @@ def cases(suite, smoke=False, skips=()):
     else:
         raise ValueError(f"Received suite={suite!r}; allowed: 'cpu', 'gpu'.")
     dpf = {"drop_path_rate": 0.2, "drop_path_granularity": "batch"}
-    out += [
-        _zoo("dpf_plain_step", dpf_model, dpf_shape, 10, dpf_batch, prec, group="drop_path_freeze", args=dpf,
-             note="same model, DropPath 0.2 (batch), Keras' own step"),
-        _zoo("dpf_freeze_step", dpf_model, dpf_shape, 10, dpf_batch, prec, group="drop_path_freeze", args=dpf,
-             trainer="drop_path_freeze", trainer_args={"granularity": "batch", "freeze_every": 1, "seed": 0},
-             baseline="dpf_plain_step"),
-        _zoo("dpf_freeze_step_sample", dpf_model, dpf_shape, 10, dpf_batch, prec, group="drop_path_freeze",
-             args={**dpf, "drop_path_granularity": "sample"}, trainer="drop_path_freeze",
-             trainer_args={"granularity": "sample", "freeze_every": 1, "seed": 0}, baseline="dpf_plain_step"),
-    ]
+    freeze = {"granularity": "batch", "freeze_every": 1, "seed": 0}
+    # The DropPathFreeze step against Keras' plain step on the same model (issue #17's goal is
+    # the ratio on ResNet-20 and ResNet-56), the step skipping every dropped branch and the step
+    # computing them all (skip_dropped True / False; the default picks one per backend).
+    depths = [(dpf_model, "")] + ([("resnet56_cifar", "_r56")] if suite == "cpu" else [])
+    for model, tag in depths:
+        out += [
+            _zoo(f"dpf_plain_step{tag}", model, dpf_shape, 10, dpf_batch, prec, group="drop_path_freeze", args=dpf,
+                 note="same model, DropPath 0.2 (batch), Keras' own step"),
+            _zoo(f"dpf_freeze_step{tag}", model, dpf_shape, 10, dpf_batch, prec, group="drop_path_freeze", args=dpf,
+                 trainer="drop_path_freeze", trainer_args=freeze, baseline=f"dpf_plain_step{tag}"),
+            _zoo(f"dpf_freeze_step_skipping_dropped{tag}", model, dpf_shape, 10, dpf_batch, prec,
+                 group="drop_path_freeze", args=dpf, trainer="drop_path_freeze",
+                 trainer_args={**freeze, "skip_dropped": True}, baseline=f"dpf_plain_step{tag}"),
+            _zoo(f"dpf_freeze_step_computing_dropped{tag}", model, dpf_shape, 10, dpf_batch, prec,
+                 group="drop_path_freeze", args=dpf, trainer="drop_path_freeze",
+                 trainer_args={**freeze, "skip_dropped": False}, baseline=f"dpf_plain_step{tag}"),
+        ]
+    out.append(_zoo("dpf_freeze_step_sample", dpf_model, dpf_shape, 10, dpf_batch, prec, group="drop_path_freeze",
+                    args={**dpf, "drop_path_granularity": "sample"}, trainer="drop_path_freeze",
+                    trainer_args={**freeze, "granularity": "sample"}, baseline="dpf_plain_step"))
     out += tail
     ordered = [SKIP_BASELINE] + sorted(s for s in skips if s != SKIP_BASELINE)
     for skip in ordered if skips else ():

@@ -50,7 +50,11 @@ class _DropPathFreezeBase(keras.Model):
         freeze_every: run a B step after every k-th A step; 0 disables B steps.
         seed: seed of the mask generator.
         skip_dropped: with batch granularity, a unit whose branch is dropped computes M(s)
-            alone, not F(x) times 0 (the same step, cheaper); False computes every branch.
+            alone, not F(x) times 0 (the same step; tested equal); False computes every branch.
+            None (default): True on torch, where it is a Python branch, False on jax and
+            tensorflow, where it takes a conditional per unit inside the compiled step, which on
+            this project's 2-core CPU was not faster (tensorflow) or much slower (jax, about 17x:
+            bench/, one run under load, 2026-12-04); set it True to measure it on your device.
 
     The wrapper's call is the model's call. It serializes (get_config holds the wrapped model's
     config), so keras.callbacks.ModelCheckpoint (".keras" or ".weights.h5") and BackupAndRestore
@@ -58,9 +62,9 @@ class _DropPathFreezeBase(keras.Model):
     trained model. To ship the model alone, save `wrapper.model`.
     """
 
-    def __init__(self, model, granularity="batch", freeze_every=1, seed=0, skip_dropped=True, **kwargs):
+    def __init__(self, model, granularity="batch", freeze_every=1, seed=0, skip_dropped=None, **kwargs):
         super().__init__(**kwargs)
-        self.skip_dropped = bool(skip_dropped)
+        self.skip_dropped = None if skip_dropped is None else bool(skip_dropped)
         self.granularity = check_choice("granularity", granularity, GRANULARITIES)
         self.freeze_every = int(check_range("freeze_every", freeze_every, low=0, integer=True))
         self.seed = int(check_range("seed", seed, low=0, integer=True))
@@ -153,7 +157,8 @@ class _DropPathFreezeBase(keras.Model):
             grad_gate = None
             if self.granularity == "sample":
                 grad_gate = (1.0 - b) + b * dropped[i]
-            unit.drop_path.force(multiplier[i], grad_gate, skippable=self.skip_dropped)
+            skippable = BACKEND == "torch" if self.skip_dropped is None else self.skip_dropped
+            unit.drop_path.force(multiplier[i], grad_gate, skippable=skippable)
 
     def release(self):
         for unit in self.model.residual_units:
