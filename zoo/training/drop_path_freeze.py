@@ -24,6 +24,8 @@ How it stays exact and compiled once:
   `DropPathFreeze(model).fit(...)`.
 """
 
+import warnings
+
 import keras
 from keras import ops
 
@@ -157,8 +159,7 @@ class _DropPathFreezeBase(keras.Model):
             grad_gate = None
             if self.granularity == "sample":
                 grad_gate = (1.0 - b) + b * dropped[i]
-            skippable = BACKEND == "torch" if self.skip_dropped is None else self.skip_dropped
-            unit.drop_path.force(multiplier[i], grad_gate, skippable=skippable)
+            unit.drop_path.force(multiplier[i], grad_gate, skippable=self.skips_work())
 
     def release(self):
         for unit in self.model.residual_units:
@@ -167,8 +168,9 @@ class _DropPathFreezeBase(keras.Model):
     def call(self, x, training=False):
         if not training:
             return self.model(x, training=False)
-        batch_size = ops.shape(keras.tree.flatten(x)[0])[0]
-        self.plan_step(batch_size)
+        if not getattr(self, "_planned", False):  # torch plans before the forward pass (train_step)
+            self.plan_step(ops.shape(keras.tree.flatten(x)[0])[0])
+        object.__setattr__(self, "_planned", False)
         try:
             return self.model(x, training=True)
         finally:
@@ -200,6 +202,12 @@ class _DropPathFreezeBase(keras.Model):
                     break
         object.__setattr__(self, "_guard_cache", guarded)  # a cache, not state to track
         return guarded
+
+    def skips_work(self):
+        """Whether this step skips dropped branches (and, on torch, frozen units' gradients)."""
+        if self.granularity != "batch":
+            return False
+        return BACKEND == "torch" if self.skip_dropped is None else self.skip_dropped
 
     def _flags(self, unit_update, outside_update):
         return ops.concatenate([ops.convert_to_tensor(unit_update), ops.reshape(outside_update, (1,))])
@@ -247,10 +255,35 @@ else:
                 self.optimizer.build(self.trainable_variables)
             guarded = self.guarded_variables()
             old = self._snapshot(guarded)
-            logs = super().train_step(data)
+            frozen = self._plan_and_freeze(data) if BACKEND == "torch" and self.skips_work() else []
+            try:
+                with warnings.catch_warnings():  # the frozen variables get no gradient: by design
+                    warnings.filterwarnings("ignore", message="Gradients do not exist for variables")
+                    logs = super().train_step(data)
+            finally:
+                for value in frozen:
+                    value.requires_grad_(True)
             flags = self._flags(self.unit_update.value, self.outside_update.value)
             self._restore(guarded, old, flags)
             return logs
+
+        def _plan_and_freeze(self, data):
+            """Eager torch: plan the step before its forward pass and take the variables this
+            step leaves unchanged out of autograd, so the backward pass computes no gradient for
+            them and stops below the first unit that trains (a B step trains only the units its
+            A step dropped). With a global gradient norm clip every gradient counts: no change."""
+            x = keras.tree.flatten(data[0] if isinstance(data, (tuple, list)) else data)[0]
+            self.plan_step(ops.shape(x)[0])
+            object.__setattr__(self, "_planned", True)
+            if getattr(self.optimizer, "global_clipnorm", None):
+                return []
+            flags = self._flags(self.unit_update.value, self.outside_update.value)
+            keep = (flags > 0).tolist()
+            trainable = {id(v) for v in self.trainable_variables}
+            frozen = [v.value for v, i in self.guarded_variables() if id(v) in trainable and not keep[i]]
+            for value in frozen:
+                value.requires_grad_(False)
+            return frozen
 
         def _snapshot(self, guarded):
             if BACKEND != "torch":
