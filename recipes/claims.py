@@ -40,29 +40,16 @@ SOURCES = {
     "question": "a question Li & Papyan leave open (issue #15), does RA hold with an entangled skip?",
 }
 
-# The command that (re)makes each study's docs/results/<study>/results.json.
+# The command that (re)makes each study's docs/results/<study>/results.json: a recipes.experiment
+# study by its name and the backend it runs on, the Residual Alignment studies by their options.
+EXPERIMENT_BACKENDS = {
+    "lechner_rnn_time": "jax", "park_droppath_mlp": "jax", "skip_swap_warmup": "jax", "lechner_cnn": "jax",
+    "he_table1_cpu": "tensorflow", "he_table2_r20": "jax", "he_table2_r56": "tensorflow", "lechner_vit": "jax",
+    "park_droppath_resnet20": "jax", "finetune_cifar10_to_fmnist": "jax",
+}
 STUDY_COMMANDS = {
-    "lechner_rnn_time": "KERAS_BACKEND=jax python -m recipes.experiment recipes/experiments/lechner_rnn_time.json "
-                        "--publish docs/results/lechner_rnn_time",
-    "park_droppath_mlp": "KERAS_BACKEND=jax python -m recipes.experiment recipes/experiments/park_droppath_mlp.json "
-                         "--publish docs/results/park_droppath_mlp",
-    "skip_swap_warmup": "KERAS_BACKEND=jax python -m recipes.experiment recipes/experiments/skip_swap_warmup.json "
-                        "--publish docs/results/skip_swap_warmup",
-    "lechner_cnn": "KERAS_BACKEND=jax python -m recipes.experiment recipes/experiments/lechner_cnn.json "
-                   "--publish docs/results/lechner_cnn",
-    "he_table1_cpu": "KERAS_BACKEND=tensorflow python -m recipes.experiment recipes/experiments/he_table1_cpu.json "
-                     "--publish docs/results/he_table1_cpu",
-    "he_table2_r20": "KERAS_BACKEND=jax python -m recipes.experiment recipes/experiments/he_table2_r20.json "
-                     "--publish docs/results/he_table2_r20",
-    "he_table2_r56": "KERAS_BACKEND=tensorflow python -m recipes.experiment recipes/experiments/he_table2_r56.json "
-                     "--publish docs/results/he_table2_r56",
-    "lechner_vit": "KERAS_BACKEND=jax python -m recipes.experiment recipes/experiments/lechner_vit.json "
-                   "--publish docs/results/lechner_vit",
-    "park_droppath_resnet20": "KERAS_BACKEND=jax python -m recipes.experiment "
-                              "recipes/experiments/park_droppath_resnet20.json --publish docs/results/park_droppath_resnet20",
-    "finetune_cifar10_to_fmnist": "KERAS_BACKEND=jax python -m recipes.experiment "
-                                  "recipes/experiments/finetune_cifar10_to_fmnist.json "
-                                  "--publish docs/results/finetune_cifar10_to_fmnist",
+    **{study: f"KERAS_BACKEND={backend} python -m recipes.experiment recipes/experiments/{study}.json "
+              f"--publish docs/results/{study}" for study, backend in EXPERIMENT_BACKENDS.items()},
     "ra_entangled": "KERAS_BACKEND=jax python -m recipes.ra_study --out docs/results/ra_entangled --seeds 0 1 2 "
                     "--skips orthogonal sparse correlation --depths 4 8 16 32 --train-size 1000 --epochs 300 "
                     "--target-loss 0.001",
