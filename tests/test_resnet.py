@@ -230,3 +230,31 @@ def test_shared_preact_unit_starts_its_shortcut_from_the_preactivation(placement
     plain = zoo.ResidualUnit(4, placement=placement)
     np.testing.assert_allclose(to_numpy(plain(x)), x + to_numpy(plain.branch(x)), atol=1e-5)
     assert zoo.ResidualUnit.from_config(shared.get_config()).shared_preact
+
+
+@pytest.mark.parametrize("kernel_size,stride,padding", [(3, 1, "same"), (3, 2, "valid"), (1, 2, "valid"), (1, 1, "same")])
+def test_zoo_conv_equals_keras_conv_forward_and_backward(kernel_size, stride, padding):
+    """zoo's Conv2D (torch: channels-last views into torch's conv, no copies) computes Keras'
+    Conv2D, its gradients too; the torch output is NHWC in ordinary contiguous memory."""
+    from zoo.layers.residual import Conv2D
+
+    x = np.random.default_rng(0).standard_normal((2, 9, 9, 5)).astype("float32")
+    ours = Conv2D(6, kernel_size, strides=stride, padding=padding, use_bias=False)
+    theirs = keras.layers.Conv2D(6, kernel_size, strides=stride, padding=padding, use_bias=False)
+    ours.build(x.shape)
+    theirs.build(x.shape)
+    theirs.set_weights(ours.get_weights())
+    np.testing.assert_allclose(to_numpy(ours(x)), to_numpy(theirs(x)), rtol=1e-5, atol=1e-5)
+    assert type(ours).__name__ == "Conv2D"  # weight files name its place as a Keras Conv2D's
+    if keras.backend.backend() == "torch":
+        import torch
+
+        grads = []
+        for layer in (ours, theirs):
+            inputs = torch.tensor(x, requires_grad=True)
+            out = layer(inputs)
+            (out * torch.arange(out.numel(), dtype=out.dtype).reshape(out.shape)).sum().backward()
+            grads.append((inputs.grad.numpy(), layer.kernel.value.grad.numpy()))
+            assert out.is_contiguous()
+        for a, b in zip(*grads):
+            np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-3)
