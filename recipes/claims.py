@@ -44,7 +44,7 @@ SOURCES = {
 # study by its name and the backend it runs on, the Residual Alignment studies by their options.
 EXPERIMENT_BACKENDS = {
     "lechner_rnn_time": "jax", "park_droppath_mlp": "jax", "skip_swap_warmup": "jax", "lechner_cnn": "jax",
-    "he_table1_cpu": "tensorflow", "he_table2_r20": "jax", "he_table2_r56": "tensorflow", "lechner_vit": "jax",
+    "he_table1_cpu": "tensorflow", "he_table2_r20": "jax", "he_table2_r56": "tensorflow", "lechner_vit": "tensorflow",
     "park_droppath_resnet20": "jax", "finetune_cifar10_to_fmnist": "jax",
 }
 STUDY_COMMANDS = {

@@ -103,6 +103,28 @@ def test_skipping_dropped_branches_is_the_same_step(placement):
             np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-6)
 
 
+def test_a_unit_skips_its_dropped_branch_only_where_it_can_give_the_shortcut_alone():
+    """A family that overrides `branch_and_shortcut` (s is not x) must also give `shortcut_only`
+    for its dropped branches to be skipped; a recurrent cell (its own residual add) never is."""
+    from zoo.layers.residual import ResidualUnit
+    from zoo.layers.transformer import AttentionUnit, MLPUnit
+    from zoo.layers.unit import BaseResidualUnit, _can_skip_branch
+    from zoo.models.mlp import ResidualMLPUnit
+    from zoo.models.rnn import RecurrentResidualUnit, ResidualRNNCell
+
+    class OwnShortcut(BaseResidualUnit):
+        def branch_and_shortcut(self, x, training=None):
+            return self.branch(x, training=training), 2 * x
+
+    class OwnShortcutGiven(OwnShortcut):
+        def shortcut_only(self, x, training=None):
+            return 2 * x
+
+    assert not _can_skip_branch(OwnShortcut) and _can_skip_branch(OwnShortcutGiven)
+    assert all(map(_can_skip_branch, (ResidualUnit, AttentionUnit, MLPUnit, ResidualMLPUnit, RecurrentResidualUnit)))
+    assert not _can_skip_branch(ResidualRNNCell)
+
+
 def test_b_step_reuses_the_mask_of_its_a_step():
     model, trainer = make(keras.optimizers.SGD(0.05))
     masks = []

@@ -258,3 +258,44 @@ def test_zoo_conv_equals_keras_conv_forward_and_backward(kernel_size, stride, pa
             assert out.is_contiguous()
         for a, b in zip(*grads):
             np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-3)
+
+
+@pytest.mark.parametrize("shape,axis", [((6, 5, 5, 4), -1), ((8, 3), -1), ((4, 7, 3), -1), ((3, 4, 5, 5), 1)])
+def test_zoo_batch_norm_equals_keras_batch_norm(shape, axis):
+    """zoo's BatchNormalization (torch: one fused kernel) computes Keras' layer: the training
+    output, the moving statistics after the step, the inference output and (torch) every
+    gradient; under mixed_bfloat16 it returns bfloat16 as Keras' layer does."""
+    from zoo.layers.norm import BatchNormalization
+
+    x = np.random.default_rng(0).normal(2.0, 3.0, shape).astype("float32")
+    ours = BatchNormalization(axis=axis, momentum=0.9, epsilon=1e-3)
+    theirs = keras.layers.BatchNormalization(axis=axis, momentum=0.9, epsilon=1e-3)
+    rng = np.random.default_rng(1)
+    for layer in (ours, theirs):
+        layer.build(shape)
+    for a, b in zip(ours.weights, theirs.weights):
+        value = np.abs(rng.normal(1.0, 0.3, a.shape)).astype("float32")
+        a.assign(value)
+        b.assign(value)
+    assert type(ours).__name__ == "BatchNormalization"  # weight files name it as Keras' layer
+    if keras.backend.backend() == "torch":
+        import torch
+
+        outs, grads = [], []
+        for layer in (ours, theirs):
+            inputs = torch.tensor(x, requires_grad=True)
+            out = layer(inputs, training=True)
+            (out * torch.arange(out.numel(), dtype=out.dtype).reshape(out.shape)).sum().backward()
+            outs.append(out.detach().numpy())
+            grads.append([inputs.grad.numpy(), layer.gamma.value.grad.numpy(), layer.beta.value.grad.numpy()])
+        np.testing.assert_allclose(*outs, rtol=1e-5, atol=1e-5)
+        for a, b in zip(*grads):
+            np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-3)
+    else:
+        np.testing.assert_allclose(to_numpy(ours(x, training=True)), to_numpy(theirs(x, training=True)), atol=1e-5)
+    for a, b in zip(ours.non_trainable_weights, theirs.non_trainable_weights):
+        np.testing.assert_allclose(to_numpy(a), to_numpy(b), rtol=1e-5, atol=1e-6)
+    assert not np.allclose(to_numpy(ours.moving_mean), 1.0, atol=0.05)  # the step moved them
+    np.testing.assert_allclose(to_numpy(ours(x, training=False)), to_numpy(theirs(x, training=False)), atol=1e-5)
+    half = BatchNormalization(axis=axis, dtype="mixed_bfloat16")
+    assert keras.backend.standardize_dtype(half(x, training=True).dtype) == "bfloat16"

@@ -4,10 +4,10 @@ With `keras.distribution` (jax) a model is one SPMD program and BatchNormalizati
 statistics already cover the global batch. With `tf.distribute` and `torch.distributed` each
 replica runs the model on its own rows, so plain BatchNormalization would normalise each part
 of the batch by its own statistics: the run would no longer train the model that one process
-trains on the same global batch. `batch_normalization()` (what every zoo model builds its
-BatchNorms with) returns `zoo.layers.norm.BatchNormalization` (synchronised) while such a run is active and plain
-`keras.layers.BatchNormalization` otherwise, so single-process models and their saved configs
-are unchanged.
+trains on the same global batch. `BatchNormalization` (what every zoo model builds its
+BatchNorms with, through `batch_normalization()`) synchronises its statistics while such a run
+is active and is Keras' layer otherwise; it keeps Keras' class name, so weight files are those
+of Keras' layer.
 
 The statistics are two-pass, as the single-device ones: the global mean first, then the
 global mean of squared deviations (Keras' `synchronized=True` on TensorFlow uses
@@ -15,6 +15,12 @@ E[x^2] - E[x]^2, which loses float32 digits where |mean| >> std, e.g. after a st
 raw pixels). The all-reduces are differentiable (tf.distribute's `ReplicaContext.all_reduce`,
 `torch.distributed.nn.functional.all_reduce`), so gradients flow through the shared statistics
 to every replica's rows, as they would in one process.
+
+On the torch backend the zoo's layer also runs as one fused kernel: Keras' layer builds batch
+normalisation from primitives (moments, then a chain of elementwise ops, each with its own
+autograd node), where `torch.native_batch_norm` computes the statistics, the normalisation and
+(in its backward) every gradient in one pass over channels-last memory. The moving statistics
+are updated as Keras does (the biased batch variance, Keras' momentum convention).
 """
 
 import keras
@@ -63,12 +69,42 @@ def all_reduce_sum(x):
 
 @keras.saving.register_keras_serializable(package="zoo")
 class BatchNormalization(keras.layers.BatchNormalization):
-    """`keras.layers.BatchNormalization` whose training statistics cover every replica's rows.
+    """`keras.layers.BatchNormalization` whose training statistics cover every replica's rows,
+    and which runs as torch's fused batch-norm kernel on the torch backend.
 
-    Outside a multi-replica run (and for masked inputs) it is Keras' layer exactly. It keeps the
+    In one process, with masked inputs or batch renormalisation it computes what Keras' layer
+    computes (on torch in one fused kernel, equal to within float32 rounding). It keeps the
     class name: Keras names a layer's place in a `.weights.h5` file after its class, so a model
-    trained over several processes writes the same file as one trained alone.
+    trained over several processes or with the fused kernel writes the same file as Keras' layer.
     """
+
+    def call(self, inputs, training=None, mask=None):
+        if BACKEND == "torch" and mask is None and not self.renorm and replica_count() == 1:
+            return self._fused_torch_call(inputs, training)
+        return super().call(inputs, training=training, mask=mask)
+
+    def _fused_torch_call(self, inputs, training):
+        import torch
+
+        x = ops.convert_to_tensor(inputs)
+        ndim = x.dim()
+        axis = self.axis % ndim
+        to_first = [0, axis] + [i for i in range(1, ndim) if i != axis]  # channels to dim 1: a view
+        back = [to_first.index(i) for i in range(ndim)]
+        x = x.to(torch.float32).permute(to_first)  # Keras computes batch norm in float32 too
+        gamma = self.gamma.value.to(torch.float32) if self.scale else None
+        beta = self.beta.value.to(torch.float32) if self.center else None
+        if training and self.trainable:
+            out, mean, invstd = torch.native_batch_norm(x, gamma, beta, None, None, True, 0.0, self.epsilon)
+            with torch.no_grad():
+                variance = torch.reciprocal(torch.square(invstd)) - self.epsilon  # biased, as Keras'
+                self.moving_mean.assign(self.moving_mean.value * self.momentum + mean * (1.0 - self.momentum))
+                self.moving_variance.assign(
+                    self.moving_variance.value * self.momentum + variance * (1.0 - self.momentum))
+        else:
+            out = torch.batch_norm(x, gamma, beta, self.moving_mean.value.to(torch.float32),
+                                   self.moving_variance.value.to(torch.float32), False, 0.0, self.epsilon, False)
+        return ops.cast(out.permute(back), self.compute_dtype)
 
     def _moments(self, inputs, mask):
         if mask is not None or replica_count() == 1:
@@ -86,7 +122,5 @@ class BatchNormalization(keras.layers.BatchNormalization):
 
 
 def batch_normalization(**kwargs):
-    """A BatchNormalization layer: synchronised over the replicas in a multi-replica run."""
-    if replica_count() > 1:
-        return BatchNormalization(**kwargs)
-    return keras.layers.BatchNormalization(**kwargs)
+    """The zoo's BatchNormalization layer (see `BatchNormalization`)."""
+    return BatchNormalization(**kwargs)

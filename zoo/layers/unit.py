@@ -26,6 +26,8 @@ policy (`dtype=self.dtype_policy`), so a unit made with `dtype="mixed_bfloat16"`
 itself in that policy.
 """
 
+import functools
+
 import keras
 from keras import ops
 
@@ -109,11 +111,10 @@ class BaseResidualUnit(keras.layers.Layer):
 
     def shortcut_only(self, x, training=None):
         """s, the tensor the skip mapping acts on, without computing the branch: what a unit
-        whose branch is dropped for the whole batch computes. None where a family cannot give it
-        apart from F (the default for one that overrides `branch_and_shortcut` but not this)."""
-        if type(self).branch_and_shortcut is BaseResidualUnit.branch_and_shortcut:
-            return x
-        return None
+        whose branch is dropped for the whole batch computes. A family that overrides
+        `branch_and_shortcut` overrides this too, or its dropped branches are computed and
+        multiplied by zero as before (see `_can_skip_branch`)."""
+        return x
 
     def map_skip(self, shortcut, branch, training=None):
         """(M(shortcut), branch times the scale M imposes). A recurrent cell draws its
@@ -155,10 +156,7 @@ class BaseResidualUnit(keras.layers.Layer):
         return self.after_add(self.residual(shortcut, branch, training=training), training=training)
 
     def _skippable(self):
-        cls = type(self)
-        return (cls.map_skip is BaseResidualUnit.map_skip and cls.apply_drop_path is BaseResidualUnit.apply_drop_path
-                and (cls.shortcut_only is not BaseResidualUnit.shortcut_only
-                     or cls.branch_and_shortcut is BaseResidualUnit.branch_and_shortcut))
+        return _can_skip_branch(type(self))
 
     def compute_output_shape(self, input_shape):
         return self.residual_shape(input_shape)
@@ -173,6 +171,16 @@ class BaseResidualUnit(keras.layers.Layer):
             "index": self.index,
             "num_units": self.num_units,
         }
+
+
+@functools.cache
+def _can_skip_branch(cls):
+    """Whether units of `cls` can compute M(s) alone when their branch is dropped: the residual
+    add is the base class's, and `shortcut_only` gives s (the default, x, is s only where
+    `branch_and_shortcut` is the default too). Once per class, not per call."""
+    base = BaseResidualUnit
+    return (cls.map_skip is base.map_skip and cls.apply_drop_path is base.apply_drop_path
+            and (cls.shortcut_only is not base.shortcut_only or cls.branch_and_shortcut is base.branch_and_shortcut))
 
 
 def _unless_dropped(dropped, when_dropped, full, variables):
