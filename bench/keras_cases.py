@@ -213,19 +213,42 @@ def peak_memory():
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024, "process max RSS so far (CPU)"
 
 
-def run_case(case, warmup, steps, windows, profile=False):
-    """Build, compile, warm up and time one case; returns the result fields."""
-    keras.backend.clear_session()
-    reset_peak_memory()
+def _runner(case):
+    """(runner, model, trainer, setup seconds) of a zoo or keras.applications case, compiled;
+    a plain-PyTorch anchor's runner (model and trainer None) for a "torch" case."""
     built = time.perf_counter()
+    if case["runner"] == "torch":
+        from bench.torch_anchors import AnchorRunner
+
+        return AnchorRunner(case), None, None, time.perf_counter() - built
     model = build_model(case)
     trainer = make_trainer(case, model)
     x, y = synthetic_batch(case)
     runner = RUNNERS[BACKEND](trainer, x, y)
-    setup_seconds = time.perf_counter() - built
+    return runner, model, trainer, time.perf_counter() - built
+
+
+def run_case(case, warmup, steps, windows, profile=False, paired_with=None):
+    """Build, compile, warm up and time one case; returns the result fields.
+
+    `paired_with`: the case's baseline case, built beside it and timed in alternation with it
+    (baseline window, case window, and so on), so that whatever else the machine does in a
+    window slows both: the ratio of each pair of windows, and their median, is the comparison
+    (`paired`). A ratio of two cases timed minutes apart carries the machine's drift between
+    them, about 10% on a shared CPU."""
+    keras.backend.clear_session()
+    reset_peak_memory()
+    base = _runner(paired_with)[0] if paired_with else None
+    runner, model, trainer, setup_seconds = _runner(case)
     loss = runner.run(warmup)
-    times = []
+    if base is not None:
+        base.run(warmup)
+    times, base_times = [], []
     for _ in range(windows):
+        if base is not None:
+            start = time.perf_counter()
+            base.run(steps)
+            base_times.append((time.perf_counter() - start) / steps)
         start = time.perf_counter()
         loss = runner.run(steps)
         times.append((time.perf_counter() - start) / steps)
@@ -260,9 +283,19 @@ def run_case(case, warmup, steps, windows, profile=False):
         out["xla_step_bytes"] = runner.step_bytes
     if profile_table:
         out["profile_top_ops"] = profile_table
+    if base is not None:
+        ratios = [b / t for b, t in zip(base_times, times)]
+        out["paired"] = {
+            "baseline": paired_with["name"],
+            "baseline_ms_windows": [round(1000 * t, 3) for t in base_times],
+            "speed_ratios": [round(r, 4) for r in ratios],
+            "speed_ratio_median": float(np.median(ratios)),
+            "note": "baseline and case timed in alternating windows in this process; peak memory holds both",
+        }
+        base.close()
     if not np.isfinite(loss):
         out["note"] = "non-finite loss (synthetic data, lr 0.1): timing still valid"
-    del runner, trainer, model
+    del runner, trainer, model, base
     return out
 
 

@@ -90,43 +90,56 @@ def torch_profile(run, steps):
     return prof.key_averages().table(row_limit=20)
 
 
-def run_case(case, warmup, steps, windows, profile=False):
-    cuda = torch.cuda.is_available()
-    if case.get("compile") and not cuda and not case.get("compile_on_cpu"):
-        raise Skipped("torch.compile anchors run on a GPU only (compile time on a 2-core CPU)")
-    device = torch.device("cuda" if cuda else "cpu")
-    torch.manual_seed(0)
-    model = build(case).to(device)
-    channels_last = cuda and len(case["input_shape"]) == 3
-    if channels_last:
-        model = model.to(memory_format=torch.channels_last)
-    model.train()
-    params = int(sum(p.numel() for p in model.parameters() if p.requires_grad))
-    step_model = torch.compile(model) if case.get("compile") else model
-    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
-    rng = np.random.default_rng(0)
-    h, w, c = case["input_shape"]
-    x = torch.from_numpy(rng.standard_normal((case["batch"], c, h, w)).astype("float32")).to(device)
-    if channels_last:
-        x = x.contiguous(memory_format=torch.channels_last)
-    y = torch.from_numpy(rng.integers(0, case["num_classes"], case["batch"])).to(device)
-    use_bf16 = case["precision"] == "bf16"
+class AnchorRunner:
+    """One plain-PyTorch training step of `case`, ready to run: `run(n)` takes n steps and
+    returns the last loss (the same interface as the Keras workers' runners, so a Keras worker
+    can time an anchor in alternation with a zoo case, see bench.keras_cases.run_case)."""
 
-    def step():
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16):
-            loss = F.cross_entropy(step_model(x), y)
-        opt.zero_grad(set_to_none=True)
+    def __init__(self, case):
+        cuda = torch.cuda.is_available()
+        if case.get("compile") and not cuda and not case.get("compile_on_cpu"):
+            raise Skipped("torch.compile anchors run on a GPU only (compile time on a 2-core CPU)")
+        self.cuda = cuda
+        self.device = device = torch.device("cuda" if cuda else "cpu")
+        torch.manual_seed(0)
+        model = build(case).to(device)
+        self.channels_last = cuda and len(case["input_shape"]) == 3
+        if self.channels_last:
+            model = model.to(memory_format=torch.channels_last)
+        model.train()
+        self.params = int(sum(p.numel() for p in model.parameters() if p.requires_grad))
+        self.model = torch.compile(model) if case.get("compile") else model
+        self.opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+        rng = np.random.default_rng(0)
+        h, w, c = case["input_shape"]
+        x = torch.from_numpy(rng.standard_normal((case["batch"], c, h, w)).astype("float32")).to(device)
+        self.x = x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
+        self.y = torch.from_numpy(rng.integers(0, case["num_classes"], case["batch"])).to(device)
+        self.use_bf16 = case["precision"] == "bf16"
+
+    def step(self):
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.use_bf16):
+            loss = F.cross_entropy(self.model(self.x), self.y)
+        self.opt.zero_grad(set_to_none=True)
         loss.backward()
-        opt.step()
+        self.opt.step()
         return loss
 
-    def run(n):
+    def run(self, n):
         loss = None
         for _ in range(n):
-            loss = step()
-        if cuda:
+            loss = self.step()
+        if self.cuda:
             torch.cuda.synchronize()
         return float(loss.detach())
+
+    def close(self):
+        pass
+
+
+def run_case(case, warmup, steps, windows, profile=False):
+    runner = AnchorRunner(case)
+    cuda, run, params, channels_last = runner.cuda, runner.run, runner.params, runner.channels_last
 
     if cuda:
         torch.cuda.reset_peak_memory_stats()

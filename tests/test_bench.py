@@ -1,0 +1,80 @@
+"""The benchmark's measuring parts (bench/): a case timed in alternation with its baseline in one
+process, the ratios taken from those pairs, and the goals of issue #17 read from them. The
+timings themselves are `python -m bench.bench`'s job, not the tests'."""
+
+from bench import bench, keras_cases
+
+
+def _tiny(name, **extra):
+    return bench._zoo(name, "resnet20_cifar", (8, 8, 3), 10, 2, "float32", group="skips",
+                      **{"args": {"stage_widths": (4, 8, 8)}, **extra})
+
+
+def test_a_case_is_timed_in_alternation_with_its_baseline():
+    base = _tiny("skip_identity", args={"stage_widths": (4, 8, 8), "skip": "identity"})
+    case = _tiny("skip_scale", args={"stage_widths": (4, 8, 8), "skip": "scale"}, baseline="skip_identity")
+    out = keras_cases.run_case(case, warmup=1, steps=1, windows=3, paired_with=base)
+    paired = out["paired"]
+    assert paired["baseline"] == "skip_identity"
+    assert len(paired["baseline_ms_windows"]) == len(out["ms_per_step_windows"]) == 3
+    expected = [b / t for b, t in zip(paired["baseline_ms_windows"], out["ms_per_step_windows"])]
+    assert all(abs(r - e) < 1e-2 * e for r, e in zip(paired["speed_ratios"], expected))
+    assert min(expected) * 0.99 <= paired["speed_ratio_median"] <= max(expected) * 1.01
+    assert "paired" not in keras_cases.run_case(base, warmup=1, steps=1, windows=1)
+
+
+def test_a_keras_case_can_be_paired_with_the_plain_pytorch_anchor():
+    anchor = bench._case("torch_resnet20_cifar_eager", "anchors", "torch", "torch_cifar", (8, 8, 3), 10, 2,
+                         "float32", depth=8)
+    case = bench._zoo("resnet8", "resnet20_cifar", (8, 8, 3), 10, 2, "float32", args={"depth": 8},
+                      baseline=anchor["name"])
+    out = keras_cases.run_case(case, warmup=1, steps=1, windows=2, paired_with=anchor)
+    assert len(out["paired"]["speed_ratios"]) == 2 and out["paired"]["speed_ratio_median"] > 0
+    assert out["trainable_params"] > 0 and len(out["ms_per_step_windows"]) == 2  # the zoo case ran beside it
+
+
+def _row(backend, case, group, ms, baseline=None, gflop=None, paired=None):
+    r = {"backend": backend, "case": case, "group": group, "status": "ok", "batch": 32, "ms_per_step": ms,
+         "images_per_s": 32000 / ms, "baseline": baseline}
+    if gflop:
+        r["gflop_per_image"] = gflop
+    if paired is not None:
+        r["paired"] = {"speed_ratio_median": paired}
+    return r
+
+
+def test_ratios_come_from_the_pairs_and_the_goals_are_issue_17s():
+    results = [
+        _row("torch", "dpf_plain_step", "drop_path_freeze", 100.0),
+        _row("torch", "dpf_freeze_step", "drop_path_freeze", 50.0, "dpf_plain_step", paired=1.2),  # apart: 2.0
+        _row("torch", "dpf_freeze_step_skipping_dropped", "drop_path_freeze", 50.0, "dpf_plain_step", paired=1.3),
+        _row("torch", "dpf_freeze_step_sample", "drop_path_freeze", 100.0, "dpf_plain_step", paired=0.8),
+        _row("torch", "skip_identity", "skips", 100.0, gflop=1.0),
+        _row("torch", "skip_gate_exclusive", "skips", 120.0, "skip_identity", gflop=1.1, paired=1 / 1.14),
+        _row("torch", "skip_scale", "skips", 120.0, "skip_identity", gflop=1.0, paired=1 / 1.06),
+        _row("torch", "skip_dropout", "skips", 130.0, "skip_identity", gflop=1.05),
+        _row("torch", "resnet20_cifar_b64", "models", 100.0, "torch_resnet20_cifar_eager", paired=0.96),
+        _row("anchors", "torch_resnet20_cifar_eager", "anchors", 90.0),
+    ]
+    merged = {"results": results}
+    bench.annotate(merged)
+    by_case = {r["case"]: r for r in results}
+    assert by_case["dpf_freeze_step"]["speed_vs_baseline"] == 1.2  # the pairs' median, not 100 / 50
+    assert by_case["skip_dropout"]["speed_vs_baseline"] == 100.0 / 130.0  # no pairs: the two best windows
+    rows = bench.goals(merged, "cpu")
+
+    def goal(*words):
+        found = [g for g in rows if all(w in g["goal"].split() or w in g["goal"] for w in words)]
+        assert len(found) == 1, (words, [g["goal"] for g in rows])
+        return found[0]
+
+    dpf = goal("torch", "dpf_freeze_step", ">= 1.15")
+    assert dpf["measured"] == 1.2 and dpf["met"]
+    assert not any("skipping_dropped" in g["goal"] for g in rows)  # a variant: reported, not the goal
+    assert goal("dpf_freeze_step_sample")["met"]  # 0.8 >= 0.773, its ratio before #17
+    gate, scale, dropout = goal("skip_gate_exclusive"), goal("skip_scale"), goal("skip_dropout")
+    assert gate["met"] is True  # time 1.14 <= FLOPs 1.1 + 0.05
+    assert scale["met"] is False  # time 1.06 > FLOPs 1.0 + 0.05
+    assert dropout["met"] is None and dropout["target"] is None  # its random draws are not FLOPs: reported
+    resnet = goal("plain PyTorch")
+    assert resnet["measured"] == 0.96 and resnet["met"]
