@@ -233,8 +233,8 @@ def run_case(case, warmup, steps, windows, profile=False, paired_with=None):
 
     `paired_with`: the case's baseline case, built beside it and timed in alternation with it
     (baseline window, case window, and so on), so that whatever else the machine does in a
-    window slows both: the ratio of each pair of windows, and their median, is the comparison
-    (`paired`). A ratio of two cases timed minutes apart carries the machine's drift between
+    window slows both: the ratio of each pair of windows, their median and the ratio of the
+    totals are the comparison (`paired`). A ratio of two cases timed minutes apart carries the machine's drift between
     them, about 10% on a shared CPU."""
     keras.backend.clear_session()
     reset_peak_memory()
@@ -290,6 +290,7 @@ def run_case(case, warmup, steps, windows, profile=False, paired_with=None):
             "baseline_ms_windows": [round(1000 * t, 3) for t in base_times],
             "speed_ratios": [round(r, 4) for r in ratios],
             "speed_ratio_median": float(np.median(ratios)),
+            "speed_ratio_total": float(sum(base_times) / sum(times)),
             "note": "baseline and case timed in alternating windows in this process; peak memory holds both",
         }
         base.close()
