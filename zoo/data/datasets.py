@@ -31,6 +31,12 @@ from zoo.preprocessing import NORMALIZATION, preprocessing_config
 DEBIAN_FASHION_MNIST = "/usr/share/datasets/fashion-mnist"
 
 
+def normalize_images(x, mean, std):
+    """Images with 0-255 values (uint8 or float) -> float32 (x / 255 - mean) / std, per channel."""
+    x = np.asarray(x, np.float32) / np.float32(255.0)
+    return ((x - np.asarray(mean, np.float32)) / np.asarray(std, np.float32)).astype("float32")
+
+
 @dataclasses.dataclass
 class Dataset:
     name: str
@@ -58,7 +64,7 @@ class Dataset:
         """uint8 images -> float32 (x / 255 - mean) / std; float data unchanged but cast."""
         x = np.asarray(x)
         if x.dtype == np.uint8:
-            return ((x.astype("float32") / 255.0 - np.float32(self.mean)) / np.float32(self.std)).astype("float32")
+            return normalize_images(x, self.mean, self.std)
         return x.astype("float32")
 
     def select_classes(self, classes):

@@ -31,6 +31,7 @@ from pathlib import Path
 import keras
 import numpy as np
 
+from zoo.data.datasets import normalize_images
 from zoo.data.pipeline import check_process_part
 from zoo.errors import DatasetNotFoundError, check_choice, check_range
 from zoo.preprocessing import NORMALIZATION, preprocessing_config
@@ -363,8 +364,7 @@ class StreamingDataset:
 
     def normalize(self, x):
         """uint8 images -> float32 (x / 255 - mean) / std."""
-        x = np.asarray(x, np.float32) / 255.0
-        return (x - np.asarray(self.mean, np.float32)) / np.asarray(self.std, np.float32)
+        return normalize_images(x, self.mean, self.std)
 
     def train_batches(self, batch_size, seed=0, shuffle=True, augment=None, pad=4, drop_last=False, **kwargs):
         return StreamingBatches(self.train_source, batch_size, self.image_shape[:2], self.color_mode, self.normalize,
