@@ -349,6 +349,37 @@ def run_workers(args):
     return merged
 
 
+def recount_flops(path):
+    """A result file with its jax rows' FLOPs counted again from the steps as lowered (see
+    keras_cases.count_flops); the other backends' rows take them from there (annotate)."""
+    from bench import keras_cases
+
+    merged = json.loads(Path(path).read_text())
+    suite = merged["suite"].split(" ")[0]
+    by_name = {c["name"]: c for c in cases(suite, "smoke" in merged["suite"], _registered_skips())}
+    for r in merged["results"]:
+        r.pop("flops_vs_baseline", None)
+        if r["backend"] != "jax":
+            r.pop("gflop_per_image", None)
+            r.pop("flops_source", None)
+            continue
+        if r["status"] != "ok" or r["case"] not in by_name or by_name[r["case"]].get("loop"):
+            continue
+        print(f"[flops] {r['case']} ...", file=sys.stderr, flush=True)
+        r["gflop_per_image"] = keras_cases.count_flops(by_name[r["case"]])
+        r["flops_source"] = keras_cases.FLOPS_SOURCE + ", counted again after the run"
+    merged["flops_recounted"] = {"date_utc": _now(), "git": git_commit()}
+    annotate(merged)
+    merged["goals"] = goals(merged, "smoke" if "smoke" in merged["suite"] else suite)
+    return merged
+
+
+def _registered_skips():
+    import zoo
+
+    return zoo.list_skips()
+
+
 def merge_files(paths):
     """Several result files of one suite (e.g. one per device call) as one: a case measured
     again (same backend and name) replaces its earlier result."""
@@ -539,6 +570,10 @@ def main(argv=None):
                         help="time a case with a baseline in alternating windows with it, in one process (default); "
                         "--no-paired: each case alone, ratios of best windows")
     parser.add_argument("--merge", nargs="+", metavar="JSON", help="merge result files of one suite into --out")
+    parser.add_argument("--recount-flops", metavar="JSON",
+                        help="give a result file's jax rows the FLOPs of their cases' steps as lowered (counted "
+                        "here, nothing timed), then write --out (needs KERAS_BACKEND=jax); for files measured before "
+                        "2026-12-04, whose GPU counts missed the cuDNN convolutions")
     parser.add_argument("--out", default=None, help="JSON path; the Markdown table goes beside it (.md)")
     parser.add_argument("--list", action="store_true", help="print the suite's case names and exit")
     parser.add_argument("--worker", choices=ALL_WORKERS, help=argparse.SUPPRESS)
@@ -553,7 +588,12 @@ def main(argv=None):
     if args.worker:
         worker(args.worker, args)
         return 0
-    merged = merge_files(args.merge) if args.merge else run_workers(args)
+    if args.recount_flops:
+        merged = recount_flops(args.recount_flops)
+    elif args.merge:
+        merged = merge_files(args.merge)
+    else:
+        merged = run_workers(args)
     table = markdown(merged)
     if args.out:
         out = Path(args.out)

@@ -78,15 +78,29 @@ def synthetic_batch(case):
     return x, y
 
 
-def _cost(compiled):
-    """FLOPs of one compiled step from XLA's cost analysis (None where it has none)."""
+def _cost(stage):
+    """FLOPs of one step (a jax Lowered or Compiled) from XLA's cost analysis (None where it has none)."""
     try:
-        cost = compiled.cost_analysis()
+        cost = stage.cost_analysis()
         if isinstance(cost, (list, tuple)):
             cost = cost[0] if cost else None
         return float(cost["flops"]) if cost and cost.get("flops", 0) > 0 else None
     except Exception:  # cost analysis is best effort: a platform may not provide it
         return None
+
+
+FLOPS_SOURCE = "XLA cost analysis of the jax train step as lowered (before the backend's passes)"
+
+
+def count_flops(case):
+    """GFLOP per image of a case's jax train step, lowered but never compiled or run: FLOPs are
+    a count, the same on any device, so a result measured elsewhere can be given them here."""
+    if BACKEND != "jax":
+        raise RuntimeError(f"count_flops needs KERAS_BACKEND=jax (got {BACKEND})")
+    keras.backend.clear_session()
+    model = build_model(case)
+    runner = JaxRunner(make_trainer(case, model), *synthetic_batch(case), compile=False)
+    return runner.lowered_flops / case["batch"] / 1e9 if runner.lowered_flops else None
 
 
 def _step_bytes(compiled):
@@ -98,7 +112,7 @@ def _step_bytes(compiled):
 
 
 class JaxRunner:
-    def __init__(self, trainer, x, y):
+    def __init__(self, trainer, x, y, compile=True):
         import jax
 
         self.jax = jax
@@ -110,9 +124,16 @@ class JaxRunner:
         )
         start = time.perf_counter()
         step = jax.jit(trainer.train_step, donate_argnums=0)
-        self.compiled = step.lower(self.state, self.data).compile()
+        lowered = step.lower(self.state, self.data)
+        self.lowered_flops = _cost(lowered)
+        if not compile:  # count_flops: the step as written, never run
+            return
+        self.compiled = lowered.compile()
         self.compile_seconds = time.perf_counter() - start
-        self.flops_per_step = _cost(self.compiled)
+        # FLOPs of the step as written (the HLO before the backend's passes): on a GPU the
+        # compiled module's convolutions are cuDNN custom calls that XLA's cost analysis does
+        # not count, so the compiled count would be mostly elementwise work.
+        self.flops_per_step = self.lowered_flops or _cost(self.compiled)
         self.step_bytes = _step_bytes(self.compiled)
 
     def run(self, steps):
@@ -278,7 +299,7 @@ def run_case(case, warmup, steps, windows, profile=False, paired_with=None):
     # XLA's cost analysis counts a loop body once: FLOPs of recurrent models would be far too low.
     if runner.flops_per_step and not case.get("loop"):
         out["gflop_per_image"] = runner.flops_per_step / case["batch"] / 1e9
-        out["flops_source"] = "XLA cost analysis of the compiled jax train step"
+        out["flops_source"] = FLOPS_SOURCE
     if runner.step_bytes:
         out["xla_step_bytes"] = runner.step_bytes
     if profile_table:
