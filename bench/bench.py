@@ -46,6 +46,8 @@ REQUIRES = {"jax": "jax", "tensorflow": "tensorflow", "torch": "torch", "anchors
 # Steps: (warmup, steps per window, windows)
 TIMING = {"cpu": (2, 2, 5), "gpu": (4, 10, 3), "smoke": (1, 1, 1)}  # even: DropPathFreeze alternates A, B
 SKIP_BASELINE = "identity"
+# blend's defaults blend identity into identity: time what zoo.swap_skip puts in, identity -> orthogonal
+SKIP_ARGS = {"blend": {"skip_options": {"start": "identity", "end": "orthogonal", "steps": 100}}}
 # DropPathFreeze with sample masks / the plain step, cpu suite of 2026-11-23 (before issue #17):
 # the per-sample step must stay no slower than this.
 SAMPLE_DPF_RATIO_BEFORE = {"jax": 0.900, "tensorflow": 0.952, "torch": 0.773}
@@ -156,7 +158,8 @@ def cases(suite, smoke=False, skips=()):
     ordered = [SKIP_BASELINE] + sorted(s for s in skips if s != SKIP_BASELINE)
     for skip in ordered if skips else ():
         out.append(_zoo(f"skip_{skip}", dpf_model, dpf_shape, 10, dpf_batch, prec, group="skips",
-                        args={"skip": skip}, baseline=None if skip == SKIP_BASELINE else f"skip_{SKIP_BASELINE}"))
+                        args={"skip": skip, **SKIP_ARGS.get(skip, {})},
+                        baseline=None if skip == SKIP_BASELINE else f"skip_{SKIP_BASELINE}"))
     return out
 
 

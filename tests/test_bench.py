@@ -101,3 +101,12 @@ def test_flops_are_counted_from_the_step_as_lowered_and_include_the_convolutions
     out = keras_cases.run_case(wide, warmup=1, steps=1, windows=1)
     assert out["gflop_per_image"] == pytest.approx(gflop_wide)
     assert "as lowered" in out["flops_source"]
+
+
+@pytest.mark.skipif(keras.backend.backend() != "jax", reason="a pure-jax script: once, in the jax run")
+def test_the_lax_cond_demonstration_runs(capsys):
+    from bench import jax_cond
+
+    jax_cond.main(units=2, batch=2, size=4, channels=2, repeats=1)
+    out = capsys.readouterr().out
+    assert "forward + backward" in out and out.count("ratio") == 2

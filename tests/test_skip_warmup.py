@@ -92,3 +92,27 @@ def test_recipe_config_warms_up_a_swapped_skip():
     np.testing.assert_array_equal(to_numpy(model(x, training=False)), to_numpy(shipped(x, training=False)))
     with pytest.raises(ValueError, match="skip_warmup_steps needs weights"):
         make_model(load_config(None, ["model_args.skip=orthogonal", "skip_warmup_steps=5"]), data)
+
+
+def test_a_blend_mixes_mapping_and_branch_scale_in_between():
+    from zoo.layers.skip import BlendSkip
+
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal((2, 3, 3, 4)).astype("float32")
+    f = rng.standard_normal((2, 3, 3, 4)).astype("float32")
+    blend = BlendSkip(start="gate_shortcut", start_options={"bias_init": -1.0},
+                      end="gate_exclusive", end_options={"bias_init": 1.0}, steps=4)
+    blend.build(x.shape)
+    blend.count.assign(1.0)  # a = 1/4
+    mapped, branch = (to_numpy(t) for t in blend(x, f))
+    m0, b0 = (to_numpy(t) for t in blend.start_skip(x, f))
+    m1, b1 = (to_numpy(t) for t in blend.end_skip(x, f))
+    np.testing.assert_allclose(mapped, 0.75 * m0 + 0.25 * m1, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(branch, 0.75 * b0 + 0.25 * b1, rtol=1e-5, atol=1e-6)
+    assert not np.allclose(branch, f)  # the exclusive gate's branch scale is blended in
+    # a branch neither mapping scales comes out as it went in, at every a
+    plain = BlendSkip(start="identity", end="orthogonal", steps=4)
+    plain.build(x.shape)
+    plain.count.assign(2.0)
+    f_tensor = keras.ops.convert_to_tensor(f)
+    np.testing.assert_array_equal(to_numpy(plain(x, f_tensor)[1]), f)

@@ -638,6 +638,19 @@ class CorrelationSkip(PathScaledSkip):
         return {**super().get_config(), "rho": self.rho, "block": self.block}
 
 
+def _lerp(start, end, a):
+    """(1 - a) start + a end, exact at a = 0 and a = 1. One tensor for both (a branch neither
+    mapping scales, or two identities) is returned as it is; torch computes the rest as one
+    `torch.lerp` kernel rather than three elementwise passes, each an autograd node."""
+    if start is end:
+        return start
+    if keras.backend.backend() == "torch":
+        import torch
+
+        return torch.lerp(start, end, a)
+    return (1 - a) * start + a * end
+
+
 @register_skip("blend")
 @keras.saving.register_keras_serializable(package="zoo")
 class BlendSkip(SkipMapping):
@@ -684,10 +697,10 @@ class BlendSkip(SkipMapping):
         if training:
             self.count.assign(self.count + 1.0)
         if branch is None:
-            return (1 - a) * self.start_skip(x, training=training) + a * self.end_skip(x, training=training)
+            return _lerp(self.start_skip(x, training=training), self.end_skip(x, training=training), a)
         m0, b0 = self.start_skip(x, branch, training=training)
         m1, b1 = self.end_skip(x, branch, training=training)
-        return (1 - a) * m0 + a * m1, (1 - a) * b0 + a * b1
+        return _lerp(m0, m1, a), _lerp(b0, b1, a)
 
     def get_config(self):
         return {

@@ -1,0 +1,60 @@
+"""Why DropPathFreeze does not skip dropped branches with `lax.cond` on jax (issue #17).
+
+    python -m bench.jax_cond            # pure jax, no zoo code: 9 residual units of two 3x3 convs
+
+Times, in one process, a stack of residual units x + F(x) whose branch F is either multiplied
+by its keep flag (what the zoo's compiled step does) or put under `lax.cond` (computed only
+when kept), forward alone and forward + backward (`jax.grad`), one unit of nine dropped.
+On this 2-core CPU (jax 0.10.2, 2026-12-04) the forward pass under `lax.cond` took what the
+plain one took (6.2 against 7.3 ms), but the gradient took 801 ms against 24 ms: the backward
+pass of a convolution inside a conditional is compiled without XLA:CPU's fast convolution
+(jax-ml/jax#12868 reports the same for convolutions in loop bodies). On an H200 the zoo's
+skipping step ran at 0.52x the plain step (bench/results/h200-2026-12-04.json).
+"""
+
+import time
+
+import jax
+import jax.numpy as jnp
+
+
+def conv(x, w):
+    return jax.lax.conv_general_dilated(x, w, (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC"))
+
+
+def net(weights, x, dropped, use_cond):
+    for (w1, w2), d in zip(weights, dropped):
+        branch = lambda x=x, w1=w1, w2=w2: conv(jax.nn.relu(conv(x, w1)), w2)  # noqa: E731
+        if use_cond:
+            x = x + jax.lax.cond(d, lambda x=x: jnp.zeros_like(x), branch)
+        else:
+            x = x + branch() * (1.0 - d.astype(x.dtype))
+    return jnp.mean(x ** 2)
+
+
+def time_ms(fn, *args, repeats=20):
+    jax.block_until_ready(fn(*args))
+    start = time.perf_counter()
+    for _ in range(repeats):
+        out = fn(*args)
+    jax.block_until_ready(out)
+    return 1000 * (time.perf_counter() - start) / repeats
+
+
+def main(units=9, batch=32, size=16, channels=16, repeats=20):
+    keys = jax.random.split(jax.random.PRNGKey(0), 2 * units + 1)
+    weights = [(0.1 * jax.random.normal(keys[2 * i], (3, 3, channels, channels)),
+                0.1 * jax.random.normal(keys[2 * i + 1], (3, 3, channels, channels))) for i in range(units)]
+    x = jax.random.normal(keys[-1], (batch, size, size, channels))
+    dropped = jnp.zeros((units,), bool).at[units // 3].set(True)
+    print(f"jax {jax.__version__} on {jax.devices()[0].platform}: {units} units, batch {batch}, {size} px, "
+          f"{channels} channels, one unit dropped")
+    for what, make in (("forward", lambda c: jax.jit(lambda w, x, d: net(w, x, d, c))),
+                       ("forward + backward", lambda c: jax.jit(jax.grad(lambda w, x, d: net(w, x, d, c))))):
+        plain = time_ms(make(False), weights, x, dropped, repeats=repeats)
+        cond = time_ms(make(True), weights, x, dropped, repeats=repeats)
+        print(f"{what:20s} branch x keep flag {plain:8.2f} ms   lax.cond {cond:8.2f} ms   ratio {cond / plain:6.2f}")
+
+
+if __name__ == "__main__":
+    main()
