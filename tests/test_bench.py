@@ -110,3 +110,22 @@ def test_the_lax_cond_demonstration_runs(capsys):
     jax_cond.main(units=2, batch=2, size=4, channels=2, repeats=1)
     out = capsys.readouterr().out
     assert "forward + backward" in out and out.count("ratio") == 2
+
+
+def test_repeated_runs_are_compared_ratio_by_ratio_with_their_median(tmp_path):
+    paths = []
+    for i, ratio in enumerate((1.10, 1.30, 1.20)):
+        results = [_row("torch", "dpf_plain_step", "drop_path_freeze", 100.0),
+                   _row("torch", "dpf_freeze_step", "drop_path_freeze", 90.0, "dpf_plain_step", paired=ratio)]
+        if i < 2:  # a case missing from one run is shown as such, its median taken over the others
+            results.append(_row("torch", "skip_scale", "skips", 100.0, "skip_identity", paired=0.9 + i / 10))
+            results.append(_row("torch", "skip_identity", "skips", 100.0))
+        run = {"date_utc": f"2026-12-0{i + 1}T00:00:00Z", "git": {"commit": f"{i}" * 40}, "results": results}
+        bench.annotate(run)
+        run["goals"] = bench.goals(run, "cpu")
+        path = tmp_path / f"run{i}.json"
+        path.write_text(bench.json.dumps(run))
+        paths.append(path)
+    rows = {line.split(" | ")[1]: line for line in bench.compare(paths).splitlines()[2:]}
+    assert rows["dpf_freeze_step"].endswith("| 1.100 | 1.300 | 1.200 | 1.200 | >= 1.150 |")
+    assert rows["skip_scale"].endswith("| 0.900 | 1.000 | - | 0.950 | - |")  # no FLOPs here: no goal
