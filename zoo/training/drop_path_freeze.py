@@ -254,8 +254,12 @@ else:
             if not self.optimizer.built:
                 self.optimizer.build(self.trainable_variables)
             guarded = self.guarded_variables()
-            old = self._snapshot(guarded)
-            frozen = self._plan_and_freeze(data) if BACKEND == "torch" and self.skips_work() else []
+            if BACKEND == "torch" and self.skips_work():
+                # planned before the forward pass: only what this step freezes is kept aside
+                frozen, keep = self._plan_and_freeze(data)
+                old = self._snapshot(guarded, keep)
+            else:
+                frozen, old = [], self._snapshot(guarded)
             try:
                 with warnings.catch_warnings():  # the frozen variables get no gradient: by design
                     warnings.filterwarnings("ignore", message="Gradients do not exist for variables")
@@ -275,17 +279,19 @@ else:
             x = keras.tree.flatten(data[0] if isinstance(data, (tuple, list)) else data)[0]
             self.plan_step(ops.shape(x)[0])
             object.__setattr__(self, "_planned", True)
+            keep = (self._flags(self.unit_update.value, self.outside_update.value) > 0).tolist()
             if getattr(self.optimizer, "global_clipnorm", None):
-                return []
-            flags = self._flags(self.unit_update.value, self.outside_update.value)
-            keep = (flags > 0).tolist()
-            trainable = {id(v) for v in self.trainable_variables}
-            frozen = [v.value for v, i in self.guarded_variables() if id(v) in trainable and not keep[i]]
+                return [], keep
+            # requires_grad marks the trainable variables (Keras' torch variables carry it), read
+            # fresh: no walk over the model's layers for `trainable_variables` every step
+            frozen = [v.value for v, i in self.guarded_variables() if not keep[i] and v.value.requires_grad]
             for value in frozen:
                 value.requires_grad_(False)
-            return frozen
+            return frozen, keep
 
-        def _snapshot(self, guarded):
+        def _snapshot(self, guarded, keep=None):
+            """The values a step may have to restore. `keep` (eager torch, the step planned
+            already): per flag, whether the step updates it; only the others are copied."""
             if BACKEND != "torch":
                 return [ops.copy(v.value) for v, _ in guarded]
             import torch
@@ -293,7 +299,7 @@ else:
             # Eager torch: plain tensor clones (bit for bit, -0.0 and NaN payloads included),
             # without the per-variable dispatch of keras ops.
             with torch.no_grad():
-                return [v.value.clone() for v, _ in guarded]
+                return [v.value.clone() if keep is None or not keep[i] else None for v, i in guarded]
 
         def _restore(self, guarded, old, flags):
             if BACKEND == "torch":
@@ -305,6 +311,8 @@ else:
                 with torch.no_grad():
                     for (v, i), o in zip(guarded, old):
                         if not keep_new[i]:
+                            if o is None:  # the flags are planned once a step: cannot happen
+                                raise RuntimeError(f"DropPathFreeze: {v.path} was frozen after its step began.")
                             v.value.copy_(o)
             else:
                 for (v, i), o in zip(guarded, old):
