@@ -116,3 +116,23 @@ def test_a_blend_mixes_mapping_and_branch_scale_in_between():
     plain.count.assign(2.0)
     f_tensor = keras.ops.convert_to_tensor(f)
     np.testing.assert_array_equal(to_numpy(plain(x, f_tensor)[1]), f)
+
+
+@pytest.mark.parametrize("start,start_options,end,end_options", [
+    ("identity", {}, "orthogonal", {}),
+    ("sparse", {"k": 2, "trainable_values": True}, "correlation", {"rho": 0.5}),
+])
+def test_a_blend_of_linear_mappings_is_one_matmul_by_the_blended_matrix(start, start_options, end, end_options):
+    from zoo.layers.skip import BlendSkip
+
+    x = np.random.default_rng(2).standard_normal((2, 3, 3, 4)).astype("float32")
+    blend = BlendSkip(start=start, start_options=start_options, end=end, end_options=end_options, steps=4)
+    blend.build(x.shape)
+    start_out, end_out = to_numpy(blend.start_skip(x)), to_numpy(blend.end_skip(x))
+    np.testing.assert_array_equal(to_numpy(blend(x)), start_out)  # a = 0: exactly the start mapping
+    blend.count.assign(1.0)
+    np.testing.assert_allclose(to_numpy(blend(x)), 0.75 * start_out + 0.25 * end_out, rtol=1e-5, atol=1e-6)
+    f = keras.ops.convert_to_tensor(np.ones_like(x))
+    assert blend(x, f)[1] is f  # the branch, unscaled by both, passes through
+    blend.count.assign(4.0)
+    np.testing.assert_allclose(to_numpy(blend(x)), end_out, rtol=1e-6, atol=1e-6)

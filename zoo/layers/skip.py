@@ -154,6 +154,12 @@ class SkipMapping(keras.layers.Layer):
     def map(self, x):
         raise NotImplementedError(f"{type(self).__name__} must implement map(x).")
 
+    def linear_kernel(self, channels):
+        """K (channels x channels, float32) with M(x) = x @ K where M is a fixed linear map of
+        the channels and leaves the branch unscaled; None for every other mapping. A blend of
+        two such mappings is one matmul by the blended K."""
+        return None
+
     def call(self, x, branch=None):
         mapped = self.map(x)
         return mapped if branch is None else (mapped, branch)
@@ -204,8 +210,11 @@ class MatrixSkip(SkipMapping):
     def matrix(self):
         return ops.transpose(self.kernel)
 
+    def linear_kernel(self, channels=None):
+        return self.kernel
+
     def map(self, x):
-        return ops.matmul(x, ops.cast(self.kernel, x.dtype))
+        return ops.matmul(x, ops.cast(self.linear_kernel(), x.dtype))
 
     def get_config(self):
         return {**super().get_config(), "seed": self.seed, "index": self.index}
@@ -245,6 +254,9 @@ class IdentitySkip(SkipMapping):
 
     def map(self, x):
         return x
+
+    def linear_kernel(self, channels):
+        return ops.eye(channels, dtype="float32")
 
 
 @register_skip("none")
@@ -471,11 +483,8 @@ class OrthogonalSkip(MatrixSkip):
         # (I - A) and (I + A)^-1 commute, so Q = (I + A)^-1 (I - A) = solve(I + A, I - A).
         return ops.solve(eye + a, eye - a)
 
-    def map(self, x):
-        if self.mode == "fixed":
-            return super().map(x)
-        q = self.matrix()
-        return ops.matmul(x, ops.cast(ops.transpose(q), x.dtype))
+    def linear_kernel(self, channels=None):
+        return self.kernel if self.mode == "fixed" else ops.transpose(self.matrix())
 
     def get_config(self):
         return {**super().get_config(), "mode": self.mode}
@@ -573,10 +582,8 @@ class SparseSkip(PathScaledSkip):
         inner = eye + self.values * self.mask
         return ops.matmul(ops.matmul(self.permutation, inner), ops.transpose(self.permutation))
 
-    def map(self, x):
-        if not self.trainable_values:
-            return super().map(x)
-        return ops.matmul(x, ops.cast(ops.transpose(self.matrix()), x.dtype))
+    def linear_kernel(self, channels=None):
+        return self.kernel if not self.trainable_values else ops.transpose(self.matrix())
 
     def get_config(self):
         return {
@@ -689,9 +696,18 @@ class BlendSkip(SkipMapping):
         return ops.minimum(ops.convert_to_tensor(self.count, "float32") / float(self.steps), 1.0)
 
     def call(self, x, branch=None, training=None):
-        a = ops.cast(self.alpha(), x.dtype)
+        alpha = self.alpha()
+        a = ops.cast(alpha, x.dtype)
         if training:
             self.count.assign(self.count + 1.0)
+        channels = self._channels(x.shape)
+        k0, k1 = self.start_skip.linear_kernel(channels), self.end_skip.linear_kernel(channels)
+        if k0 is not None and k1 is not None:
+            # both linear in the channels (identity, the matrix mappings): one matmul by the
+            # blended matrix instead of two maps and a mix; exact at a = 0 and a = 1
+            kernel = (1.0 - alpha) * ops.cast(k0, "float32") + alpha * ops.cast(k1, "float32")
+            mapped = ops.matmul(x, ops.cast(kernel, x.dtype))
+            return mapped if branch is None else (mapped, branch)
         if branch is None:
             return _lerp(self.start_skip(x, training=training), self.end_skip(x, training=training), a)
         m0, b0 = self.start_skip(x, branch, training=training)
