@@ -356,11 +356,12 @@ def run_workers(args):
 def recount_flops(path):
     """A result file with its jax rows' FLOPs counted again from the steps as lowered (see
     keras_cases.count_flops); the other backends' rows take them from there (annotate)."""
+    import zoo
     from bench import keras_cases
 
     merged = json.loads(Path(path).read_text())
     suite = merged["suite"].split(" ")[0]
-    by_name = {c["name"]: c for c in cases(suite, "smoke" in merged["suite"], _registered_skips())}
+    by_name = {c["name"]: c for c in cases(suite, "smoke" in merged["suite"], zoo.list_skips())}
     for r in merged["results"]:
         r.pop("flops_vs_baseline", None)
         if r["backend"] != "jax":
@@ -376,12 +377,6 @@ def recount_flops(path):
     annotate(merged)
     merged["goals"] = goals(merged, "smoke" if "smoke" in merged["suite"] else suite)
     return merged
-
-
-def _registered_skips():
-    import zoo
-
-    return zoo.list_skips()
 
 
 def merge_files(paths):
@@ -423,11 +418,10 @@ def compare(paths):
     with their median, and the goal each one is held to. A ratio within 10% of its goal is
     quoted as this median (issue #17: this CPU's noise is about that size)."""
     runs = [json.loads(Path(p).read_text()) for p in paths]
-    targets = {}  # each goal's target as the latest run states it (a FLOP ratio may be counted anew)
-    for run in reversed(runs):
-        for g in run.get("goals", []):
-            backend, case = g["goal"].split(" ")[:2]
-            targets.setdefault(f"{backend.replace('torch-backend', 'torch')} {case.rstrip(':')}", g["target"])
+    # the goals as the latest run's results give them today (a FLOP ratio may be counted anew)
+    latest = runs[-1]
+    targets = {(g["backend"], g["case"]): g["target"]
+               for g in goals(latest, "smoke" if "smoke" in latest["suite"] else latest["suite"]) if "case" in g}
     keys = []
     for run in runs:
         for r in run["results"]:
@@ -440,7 +434,7 @@ def compare(paths):
         values = [(_find(run["results"], backend, case) or {}).get("speed_vs_baseline") for run in runs]
         present = [v for v in values if v is not None]
         median = statistics.median(present)
-        target = targets.get(f"{backend} {case}")
+        target = targets.get((backend, case))
         cells = ["-" if v is None else f"{v:.3f}" for v in values]
         lines.append(f"| {backend} | {case} | " + " | ".join(cells) + f" | {median:.3f} | "
                      + ("-" if target is None else f">= {target:.3f}") + " |")
@@ -487,9 +481,12 @@ def goals(merged, suite):
     results = merged["results"]
     rows = []
 
-    def add(what, value, target, rule):
+    def add(what, value, target, rule, of=None):
         met = None if value is None or target is None else value >= target
-        rows.append({"goal": what, "measured": value, "target": target, "rule": rule, "met": met})
+        row = {"goal": what, "measured": value, "target": target, "rule": rule, "met": met}
+        if of is not None:  # a ratio goal: the result it reads
+            row.update(backend=of["backend"], case=of["case"])
+        rows.append(row)
 
     def ips(backend, case):
         r = _find(results, backend, case)
@@ -520,19 +517,19 @@ def goals(merged, suite):
             if name.startswith("dpf_freeze_step_sample"):  # issue #17: no slower than before it
                 before = SAMPLE_DPF_RATIO_BEFORE.get(backend)
                 add(f"{backend} {name} >= {r['baseline']} x {before} (2026-11-23, before #17)", ratio, before,
-                    "speed ratio")
+                    "speed ratio", of=r)
             elif name.startswith("dpf_freeze_step") and "_skipping_" not in name and "_computing_" not in name:
-                add(f"{backend} {name} >= 1.15 x {r['baseline']} (#17)", ratio, 1.15, "speed ratio")
+                add(f"{backend} {name} >= 1.15 x {r['baseline']} (#17)", ratio, 1.15, "speed ratio", of=r)
         elif r["group"] == "skips" and "flops_vs_baseline" in r:
             # A mapping may cost its FLOP share plus 5% (issue #17): time ratio <= FLOP ratio + 0.05,
             # i.e. speed ratio >= 1 / (FLOP ratio + 0.05). dropout's random draws are not FLOPs: reported only.
             target = None if name == "skip_dropout" else 1 / (r["flops_vs_baseline"] + 0.05)
             add(f"{backend} {name}: step time / identity's <= FLOPs / identity's + 0.05 "
                 f"({r['time_vs_baseline']:.3f} vs {r['flops_vs_baseline']:.3f} + 0.05)", ratio, target,
-                "inverse ratios")
+                "inverse ratios", of=r)
         elif backend == "torch" and r.get("paired") and r["baseline"].startswith("torch_"):
             add(f"torch-backend {name} >= 0.95 x plain PyTorch {r['baseline']} (#17, same process)", ratio, 0.95,
-                "speed ratio")
+                "speed ratio", of=r)
     return rows
 
 

@@ -210,11 +210,11 @@ class MatrixSkip(SkipMapping):
     def matrix(self):
         return ops.transpose(self.kernel)
 
-    def linear_kernel(self, channels=None):
+    def linear_kernel(self, channels):
         return self.kernel
 
     def map(self, x):
-        return ops.matmul(x, ops.cast(self.linear_kernel(), x.dtype))
+        return ops.matmul(x, ops.cast(self.linear_kernel(x.shape[-1]), x.dtype))
 
     def get_config(self):
         return {**super().get_config(), "seed": self.seed, "index": self.index}
@@ -483,7 +483,7 @@ class OrthogonalSkip(MatrixSkip):
         # (I - A) and (I + A)^-1 commute, so Q = (I + A)^-1 (I - A) = solve(I + A, I - A).
         return ops.solve(eye + a, eye - a)
 
-    def linear_kernel(self, channels=None):
+    def linear_kernel(self, channels):
         return self.kernel if self.mode == "fixed" else ops.transpose(self.matrix())
 
     def get_config(self):
@@ -582,7 +582,7 @@ class SparseSkip(PathScaledSkip):
         inner = eye + self.values * self.mask
         return ops.matmul(ops.matmul(self.permutation, inner), ops.transpose(self.permutation))
 
-    def linear_kernel(self, channels=None):
+    def linear_kernel(self, channels):
         return self.kernel if not self.trainable_values else ops.transpose(self.matrix())
 
     def get_config(self):
@@ -647,8 +647,7 @@ class CorrelationSkip(PathScaledSkip):
 
 def _lerp(start, end, a):
     """(1 - a) start + a end, exact at a = 0 and a = 1; one tensor for both (a branch neither
-    mapping scales, or two identities) is returned as it is, with no elementwise pass. (A
-    `torch.lerp` path measured no different from these three ops on torch: not kept.)"""
+    mapping scales) is returned as it is."""
     if start is end:
         return start
     return (1 - a) * start + a * end
@@ -697,7 +696,6 @@ class BlendSkip(SkipMapping):
 
     def call(self, x, branch=None, training=None):
         alpha = self.alpha()
-        a = ops.cast(alpha, x.dtype)
         if training:
             self.count.assign(self.count + 1.0)
         channels = self._channels(x.shape)
@@ -708,6 +706,7 @@ class BlendSkip(SkipMapping):
             kernel = (1.0 - alpha) * ops.cast(k0, "float32") + alpha * ops.cast(k1, "float32")
             mapped = ops.matmul(x, ops.cast(kernel, x.dtype))
             return mapped if branch is None else (mapped, branch)
+        a = ops.cast(alpha, x.dtype)
         if branch is None:
             return _lerp(self.start_skip(x, training=training), self.end_skip(x, training=training), a)
         m0, b0 = self.start_skip(x, branch, training=training)

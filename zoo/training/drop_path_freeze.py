@@ -259,7 +259,7 @@ else:
                 frozen, keep = self._plan_and_freeze(data)
                 old = self._snapshot(guarded, keep)
             else:
-                frozen, old = [], self._snapshot(guarded)
+                frozen, keep, old = [], None, self._snapshot(guarded)
             try:
                 with warnings.catch_warnings():  # the frozen variables get no gradient: by design
                     warnings.filterwarnings("ignore", message="Gradients do not exist for variables")
@@ -267,8 +267,7 @@ else:
             finally:
                 for value in frozen:
                     value.requires_grad_(True)
-            flags = self._flags(self.unit_update.value, self.outside_update.value)
-            self._restore(guarded, old, flags)
+            self._restore(guarded, old, keep)
             return logs
 
         def _plan_and_freeze(self, data):
@@ -301,18 +300,20 @@ else:
             with torch.no_grad():
                 return [v.value.clone() if keep is None or not keep[i] else None for v, i in guarded]
 
-        def _restore(self, guarded, old, flags):
+        def _restore(self, guarded, old, keep=None):
+            """Put back the variables this step froze. `keep`: the per-flag plan where the step
+            was planned before its forward pass (eager torch), else read from the flags now."""
+            if keep is None:
+                flags = self._flags(self.unit_update.value, self.outside_update.value)
             if BACKEND == "torch":
                 import torch
 
                 # Eager torch: read the few flags once (one device sync a step on a GPU) and copy
                 # back only the frozen variables in place, not a `where` per variable.
-                keep_new = (flags > 0).tolist()
+                keep = (flags > 0).tolist() if keep is None else keep
                 with torch.no_grad():
                     for (v, i), o in zip(guarded, old):
-                        if not keep_new[i]:
-                            if o is None:  # the flags are planned once a step: cannot happen
-                                raise RuntimeError(f"DropPathFreeze: {v.path} was frozen after its step began.")
+                        if not keep[i]:
                             v.value.copy_(o)
             else:
                 for (v, i), o in zip(guarded, old):
