@@ -22,6 +22,7 @@ import keras
 from keras import layers, ops
 
 from zoo.errors import check_choice, check_range
+from zoo.layers import grad_plan
 from zoo.layers.norm import batch_normalization
 from zoo.layers.unit import BaseResidualUnit
 
@@ -45,11 +46,20 @@ class Conv2D(layers.Conv2D):
     on those views, without copies. Other backends, grouped or strided "same" convs, and
     channels-first data take Keras' own path. The class keeps Keras' name, so weight files name
     its place as they name a Keras Conv2D's.
+
+    On jax, inside a DropPathFreeze step's gradient plan (zoo.layers.grad_plan), the conv
+    computes its weight and input gradients only where the step needs them.
     """
 
     def convolution_op(self, inputs, kernel):
-        if (keras.backend.backend() != "torch" or self.data_format != "channels_last" or self.groups != 1
-                or (self.padding == "same" and max(self.strides) > 1)):
+        backend = keras.backend.backend()
+        plain = self.data_format != "channels_last" or self.groups != 1
+        if backend in ("jax", "tensorflow") and not plain and grad_plan.current() is not None:
+            # a DropPathFreeze step's plan: gradients only where the step needs them
+            return grad_plan.gated_conv(
+                inputs, kernel, grad_plan.current(), self.strides, self.padding, self.dilation_rate
+            )
+        if backend != "torch" or plain or (self.padding == "same" and max(self.strides) > 1):
             return super().convolution_op(inputs, kernel)
         import torch.nn.functional as F
 

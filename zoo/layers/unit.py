@@ -32,6 +32,7 @@ import keras
 from keras import ops
 
 from zoo.errors import check_choice, check_range
+from zoo.layers import grad_plan
 from zoo.layers.drop_path import GRANULARITIES, DropPath
 from zoo.layers.skip import make_skip
 
@@ -137,7 +138,22 @@ class BaseResidualUnit(keras.layers.Layer):
         mapped, branch = self.map_skip(shortcut, branch, training=training)
         return mapped + self.apply_drop_path(branch, training=training)
 
+    def plan_gradients(self, weights=None, inputs=None, xla=True):
+        """Set by a training step (DropPathFreeze): whether the step needs the gradients of this
+        unit's weights and of its input (scalar boolean tensors; `xla`: the step is compiled by
+        XLA); None: every gradient. The zoo's convs read it (zoo.layers.grad_plan); other layers
+        compute every gradient."""
+        # object.__setattr__: transient tensors, not state for Keras' (or torch's) tracking
+        object.__setattr__(self, "_gradient_plan", None if weights is None else (weights, inputs, xla))
+
     def call(self, x, training=None):
+        plan = getattr(self, "_gradient_plan", None) if training else None
+        if plan is None:
+            return self._call(x, training)
+        with grad_plan.needed_gradients(*plan):
+            return self._call(x, training)
+
+    def _call(self, x, training):
         multiplier = self.drop_path.forced_batch_multiplier() if training and self._skippable() else None
         if multiplier is None:
             return self._full(x, training)

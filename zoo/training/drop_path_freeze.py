@@ -52,11 +52,13 @@ class _DropPathFreezeBase(keras.Model):
         freeze_every: run a B step after every k-th A step; 0 disables B steps.
         seed: seed of the mask generator.
         skip_dropped: with batch granularity, a unit whose branch is dropped computes M(s)
-            alone, not F(x) times 0 (the same step; tested equal); False computes every branch.
-            None (default): True on torch, where it is a Python branch, False on jax and
-            tensorflow, where it takes a conditional per unit inside the compiled step, which on
-            this project's 2-core CPU was not faster (tensorflow) or much slower (jax, about 17x:
-            bench/, one run under load, 2026-12-04); set it True to measure it on your device.
+            alone, not F(x) times 0 (a conditional per unit in the compiled step on jax and
+            tensorflow, a Python branch on eager torch), and the step computes only the gradients
+            it uses: none for the weights of the units it freezes, no backward pass below the
+            lowest unit it trains (on torch the frozen variables leave autograd; on jax and
+            tensorflow the zoo's convs follow a gradient plan, zoo.layers.grad_plan). The same
+            step as computing everything (tested); True by default. False computes every branch
+            and gradient and multiplies the dropped branches by 0.
 
     The wrapper's call is the model's call. It serializes (get_config holds the wrapped model's
     config), so keras.callbacks.ModelCheckpoint (".keras" or ".weights.h5") and BackupAndRestore
@@ -155,15 +157,26 @@ class _DropPathFreezeBase(keras.Model):
         self.outside_update.assign(1.0 - b)
         self.last_mask.assign(1.0 - unit_dropped)
         self.last_kind.assign(ops.cast(is_b, "int32"))
+        skips = self.skips_work()
+        plans = skips and self.plans_gradients()
+        if plans:
+            # which gradients the step needs: a unit's weights where it changes; its input where
+            # it or anything below it changes (a B step needs no backward pass below the lowest
+            # unit it trains); the zoo's convs compute only those (zoo.layers.grad_plan)
+            below = ops.cumsum(unit_update) + (1.0 - b) > 0
         for i, unit in enumerate(self.model.residual_units):
             grad_gate = None
             if self.granularity == "sample":
                 grad_gate = (1.0 - b) + b * dropped[i]
-            unit.drop_path.force(multiplier[i], grad_gate, skippable=self.skips_work())
+            unit.drop_path.force(multiplier[i], grad_gate, skippable=skips)
+            if plans and hasattr(unit, "plan_gradients"):
+                unit.plan_gradients(unit_update[i] > 0, below[i], xla=BACKEND == "jax" or self.jit_compile is True)
 
     def release(self):
         for unit in self.model.residual_units:
             unit.drop_path.force(None)
+            if hasattr(unit, "plan_gradients"):
+                unit.plan_gradients(None)
 
     def call(self, x, training=False):
         if not training:
@@ -204,10 +217,15 @@ class _DropPathFreezeBase(keras.Model):
         return guarded
 
     def skips_work(self):
-        """Whether this step skips dropped branches (and, on torch, frozen units' gradients)."""
+        """Whether this step skips dropped branches and the gradients it does not use."""
         if self.granularity != "batch":
             return False
-        return BACKEND == "torch" if self.skip_dropped is None else self.skip_dropped
+        return True if self.skip_dropped is None else self.skip_dropped
+
+    def plans_gradients(self):
+        """Whether the skipping step sets gradient plans (zoo.layers.grad_plan): on jax and
+        tensorflow; torch leaves the frozen variables out of autograd instead."""
+        return BACKEND != "torch"
 
     def _flags(self, unit_update, outside_update):
         return ops.concatenate([ops.convert_to_tensor(unit_update), ops.reshape(outside_update, (1,))])
@@ -316,5 +334,18 @@ else:
                         if not keep[i]:
                             v.value.copy_(o)
             else:
+                import tensorflow as tf
+
+                # One conditional per owner (a unit, or the rest of the model): a frozen owner's
+                # variables get their old values back, the others are left as the step made them
+                # (not a `where` and an assign for every variable, every step).
+                groups = {}
                 for (v, i), o in zip(guarded, old):
-                    v.assign(ops.where(flags[i] > 0, v.value, o))
+                    groups.setdefault(i, []).append((v, o))
+                for i, pairs in groups.items():
+                    def put_back(pairs=pairs):
+                        for v, o in pairs:
+                            v.assign(o)
+                        return tf.constant(True)
+
+                    tf.cond(flags[i] > 0, lambda: tf.constant(False), put_back)
