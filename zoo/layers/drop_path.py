@@ -19,9 +19,9 @@ class DropPath(keras.layers.Layer):
                 DropPathFreeze step of Park 2024 uses this).
 
     A training step can impose the decision with `force(multiplier, grad_gate)`: while set,
-    the branch is multiplied by `multiplier` (a scalar, or one value a sample) instead of a
-    draw, and `grad_gate` (one value a sample, or None) lets gradients through only where it
-    is 1. The DropPathFreeze step sets these to tensors computed inside its compiled step, so
+    the branch is multiplied by `multiplier` (a scalar tensor or Python float, or one value a
+    sample) instead of a draw, and `grad_gate` (one value a sample, or None) lets gradients
+    through only where it is 1. The DropPathFreeze step sets these to tensors computed inside its compiled step, so
     changing masks never retrace, and nothing of it is saved with the weights.
 
     Input: any tensor with a leading batch axis. Output: the same shape.
@@ -47,7 +47,9 @@ class DropPath(keras.layers.Layer):
         when none is imposed or it differs between samples. A unit whose multiplier is 0 need
         not compute its branch at all (BaseResidualUnit.call)."""
         forced = getattr(self, "_forced", None)
-        if forced is None or forced[1] is not None or not forced[2] or len(forced[0].shape) != 0:
+        if forced is None or forced[1] is not None or not forced[2]:
+            return None
+        if not isinstance(forced[0], float) and len(forced[0].shape) != 0:
             return None
         return forced[0]
 
@@ -58,6 +60,8 @@ class DropPath(keras.layers.Layer):
         forced = getattr(self, "_forced", None)
         if forced is not None:
             multiplier, grad_gate, _ = forced
+            if isinstance(multiplier, float):  # one Python number for the batch (eager torch)
+                return x if multiplier == 1.0 else x * multiplier
             if grad_gate is not None:
                 gate = self._per_sample(grad_gate, x)
                 x = gate * x + (1 - gate) * ops.stop_gradient(x)

@@ -160,7 +160,7 @@ class BaseResidualUnit(keras.layers.Layer):
         # A training step (DropPathFreeze) imposes one multiplier on the whole batch: where it is
         # 0 the branch's output is multiplied away, so the unit computes M(s) alone.
         return _unless_dropped(
-            ops.equal(multiplier, 0),
+            multiplier == 0 if isinstance(multiplier, float) else ops.equal(multiplier, 0),
             lambda: self.after_add(self.skip(self.shortcut_only(x, training=training), training=training),
                                    training=training),
             lambda: self._full(x, training),

@@ -164,6 +164,10 @@ class _DropPathFreezeBase(keras.Model):
             # it or anything below it changes (a B step needs no backward pass below the lowest
             # unit it trains); the zoo's convs compute only those (zoo.layers.grad_plan)
             below = ops.cumsum(unit_update) + (1.0 - b) > 0
+        if BACKEND == "torch" and self.granularity == "batch":
+            # eager torch: the per-unit multipliers as Python floats, read once; a unit then
+            # decides to skip its branch, and DropPath scales it, without a tensor op each
+            multiplier = ops.convert_to_numpy(multiplier).tolist()
         for i, unit in enumerate(self.model.residual_units):
             grad_gate = None
             if self.granularity == "sample":
