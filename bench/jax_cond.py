@@ -1,15 +1,16 @@
-"""Why DropPathFreeze does not skip dropped branches with `lax.cond` on jax (issue #17).
+"""Why DropPathFreeze on jax writes its conv gradients itself (issue #17).
 
-    python -m bench.jax_cond            # pure jax, no zoo code: 9 residual units of two 3x3 convs
+    python -m bench.jax_cond            # 9 residual units of two 3x3 convs, one dropped
 
 Times, in one process, a stack of residual units x + F(x) whose branch F is either multiplied
-by its keep flag (what the zoo's compiled step does) or put under `lax.cond` (computed only
-when kept), forward alone and forward + backward (`jax.grad`), one unit of nine dropped.
-On this 2-core CPU (jax 0.10.2, 2026-12-04) the forward pass under `lax.cond` took what the
-plain one took (6.2 against 7.3 ms), but the gradient took 801 ms against 24 ms: the backward
-pass of a convolution inside a conditional is compiled without XLA:CPU's fast convolution
-(jax-ml/jax#12868 reports the same for convolutions in loop bodies). On an H200 the zoo's
-skipping step ran at 0.52x the plain step (bench/results/h200-2026-12-04.json).
+by its keep flag or put under `lax.cond` (computed only when kept), forward alone and forward
++ backward (`jax.grad`), with jax's own convolution and with the zoo's `gated_conv`
+(zoo.layers.grad_plan: the backward convolutions written as forward ones in the canonical
+NHWC/HWIO layouts). On this 2-core CPU (jax 0.10.2, 2026-12-04, one run) the gradient under
+`lax.cond` took 801 ms against 24 ms with jax's own convolution: the backward convolutions
+jax's rule emits are compiled without XLA:CPU's fast convolution inside a conditional
+(jax-ml/jax#12868 reports the same for convolutions in loop bodies). With the canonical
+backward, the conditional costs nothing (run it to see the numbers on your machine).
 """
 
 import time
@@ -22,7 +23,13 @@ def conv(x, w):
     return jax.lax.conv_general_dilated(x, w, (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC"))
 
 
-def net(weights, x, dropped, use_cond):
+def canonical_conv(x, w):
+    from zoo.layers.grad_plan import _jax_gated_conv  # what gated_conv runs on jax, any Keras backend
+
+    return _jax_gated_conv()(x, w, True, True, (1, 1), ((1, 1), (1, 1)), (1, 1))
+
+
+def net(weights, x, dropped, use_cond, conv=conv):
     for (w1, w2), d in zip(weights, dropped):
         branch = lambda x=x, w1=w1, w2=w2: conv(jax.nn.relu(conv(x, w1)), w2)  # noqa: E731
         if use_cond:
@@ -49,11 +56,13 @@ def main(units=9, batch=32, size=16, channels=16, repeats=20):
     dropped = jnp.zeros((units,), bool).at[units // 3].set(True)
     print(f"jax {jax.__version__} on {jax.devices()[0].platform}: {units} units, batch {batch}, {size} px, "
           f"{channels} channels, one unit dropped")
-    for what, make in (("forward", lambda c: jax.jit(lambda w, x, d: net(w, x, d, c))),
-                       ("forward + backward", lambda c: jax.jit(jax.grad(lambda w, x, d: net(w, x, d, c))))):
-        plain = time_ms(make(False), weights, x, dropped, repeats=repeats)
-        cond = time_ms(make(True), weights, x, dropped, repeats=repeats)
-        print(f"{what:20s} branch x keep flag {plain:8.2f} ms   lax.cond {cond:8.2f} ms   ratio {cond / plain:6.2f}")
+    for label, op in (("jax's conv", conv), ("canonical backward", canonical_conv)):
+        for what, make in (("forward", lambda c: jax.jit(lambda w, x, d: net(w, x, d, c, op))),
+                           ("forward + backward", lambda c: jax.jit(jax.grad(lambda w, x, d: net(w, x, d, c, op))))):
+            plain = time_ms(make(False), weights, x, dropped, repeats=repeats)
+            cond = time_ms(make(True), weights, x, dropped, repeats=repeats)
+            print(f"{label:18s} {what:18s} branch x keep flag {plain:8.2f} ms   lax.cond {cond:8.2f} ms   "
+                  f"ratio {cond / plain:6.2f}")
 
 
 if __name__ == "__main__":

@@ -1,20 +1,27 @@
-"""Which gradients a training step needs, and convolutions on jax that compute only those.
+"""Which gradients a training step needs, and convolutions that compute only those.
 
 The DropPathFreeze step (zoo.training.drop_path_freeze) knows, per residual unit, whether the
 step changes the unit's variables (`weights`) and whether anything at or below the unit does
 (`inputs`: whether the gradient must flow on below it). It sets them as a plan on each unit
-(`BaseResidualUnit.plan_gradients`); the unit opens `needed_gradients(weights, inputs)` around
-its call, and the zoo's Conv2D reads `current()`.
+(`BaseResidualUnit.plan_gradients`); the unit opens `needed_gradients(weights, inputs, xla)`
+around its call, and the zoo's Conv2D reads `current()`.
 
-On jax, a conv under a plan is `gated_conv`: the same convolution, whose backward pass is
-written as two forward convolutions in XLA's canonical layouts (NHWC input, HWIO kernel) and
-computes each gradient under `lax.cond` only where the plan needs it: a frozen unit gets no
-weight gradient and the units below the lowest one that trains no backward pass. The
-canonical layouts matter on XLA:CPU: the backward convolutions jax's own rule emits lose
-XLA:CPU's fast convolution inside a conditional (30x slower there, `python -m bench.jax_cond`),
-the canonical ones keep it, so a dropped unit under `lax.cond` costs nothing. The gradients
-are bit-identical to jax's own (tests/test_drop_path_freeze.py). Outside a plan (ordinary
-training, the analysis' forward-mode products) convs take Keras' path unchanged.
+On jax and tensorflow a conv under a plan is `gated_conv`: the same convolution, whose
+backward pass computes the weight gradient and the input gradient each under a conditional,
+only where the plan needs it. A frozen unit's convs compute no weight gradient, and the convs
+of the units below the lowest one that trains no input gradient (their BatchNorms and
+activations still run their backward pass, on zeros). How the two gradients are written
+depends on the compiler:
+- XLA (jax; tensorflow with jit_compile=True): as two forward convolutions in the canonical
+  layouts (NHWC input, HWIO kernel). The backward convolutions jax's own rule emits lose
+  XLA:CPU's fast convolution inside a conditional (30x slower there, `python -m
+  bench.jax_cond`); the canonical ones keep it, so a dropped unit under `lax.cond` costs
+  nothing. On jax the gradients are bit-identical to jax's own (tests/test_drop_path_freeze.py).
+- tensorflow's graph executor (Keras' default on a CPU): TensorFlow's own gradient kernels,
+  with "SAME"/"VALID" padding where the explicit pairs are those (its CPU kernels are slower
+  with explicit pairs).
+Outside a plan (ordinary training, the analysis' forward-mode products) convs take Keras' path
+unchanged; torch leaves frozen variables out of autograd instead.
 """
 
 import contextlib
