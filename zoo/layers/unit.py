@@ -155,18 +155,24 @@ class BaseResidualUnit(keras.layers.Layer):
 
     def _call(self, x, training):
         multiplier = self.drop_path.forced_batch_multiplier() if training and self._skippable() else None
-        if multiplier is None:
+        plan = getattr(self, "_gradient_plan", None) if training else None
+        if multiplier is None and plan is None:
             return self._full(x, training)
         # A training step (DropPathFreeze) imposes one multiplier on the whole batch: where it is
-        # 0 the branch's output is multiplied away, so the unit computes M(s) alone.
-        return _unless_dropped(
-            multiplier == 0 if isinstance(multiplier, float) else ops.equal(multiplier, 0),
-            lambda: self.after_add(self.skip(self.shortcut_only(x, training=training), training=training),
-                                   training=training),
-            lambda: self._full(x, training),
-            self.variables,
-        )
-
+        # 0 the branch's output is multiplied away, so the unit computes M(s) alone. Where its
+        # gradient plan needs nothing of this unit or below (a B step, below the lowest unit it
+        # trains), the unit runs forward with its output cut from the gradient: no backward
+        # pass through it at all (the convs' plans alone leave its BatchNorms and activations).
+        arms, conditions = [], []
+        if multiplier is not None:
+            arms.append(lambda: self.after_add(
+                self.skip(self.shortcut_only(x, training=training), training=training), training=training))
+            conditions.append(multiplier == 0 if isinstance(multiplier, float) else ops.equal(multiplier, 0))
+        if plan is not None:
+            arms.append(lambda: ops.stop_gradient(self._full(x, training)))
+            conditions.append(ops.logical_not(plan[1]))
+        arms.append(lambda: self._full(x, training))
+        return _first_taken(conditions, arms, self.variables)
     def _full(self, x, training):
         branch, shortcut = self.branch_and_shortcut(x, training=training)
         return self.after_add(self.residual(shortcut, branch, training=training), training=training)
@@ -199,17 +205,23 @@ def _can_skip_branch(cls):
             and (cls.shortcut_only is not base.shortcut_only or cls.branch_and_shortcut is base.branch_and_shortcut))
 
 
-def _unless_dropped(dropped, when_dropped, full, variables):
-    """`when_dropped()` if the scalar tensor `dropped` is true, else `full()`, computing only the
-    one taken, inside a compiled step too: a Python branch on eager torch, tf.cond on
-    tensorflow, lax.cond on jax. On jax the state a branch updates (BatchNorm statistics, seed
-    generators of `variables`) comes out of the cond as outputs of both arms and is assigned
-    after it, into the training step's stateless scope, as Keras' jax trainer collects it."""
+def _first_taken(conditions, arms, variables):
+    """`arms[k]()` for the first k whose condition (a scalar boolean tensor or a Python bool) is
+    true, else `arms[-1]()`, computing only the one taken, inside a compiled step too: a Python
+    branch on eager torch, tf.switch_case on tensorflow, lax.switch on jax. On jax the state an
+    arm updates (BatchNorm statistics, seed generators of `variables`) comes out of the switch
+    as outputs of every arm and is assigned after it, into the training step's stateless
+    scope, as Keras' jax trainer collects it."""
     backend = keras.backend.backend()
-    if backend == "torch":
-        return when_dropped() if bool(dropped) else full()
+    if backend == "torch" or all(isinstance(c, bool) for c in conditions):
+        return arms[next((k for k, c in enumerate(conditions) if bool(c)), len(arms) - 1)]()
+    index = ops.convert_to_tensor(len(arms) - 1, "int32")
+    for k in reversed(range(len(conditions))):
+        index = ops.where(conditions[k], k, index)
     if backend == "tensorflow":
-        return ops.cond(dropped, when_dropped, full)
+        import tensorflow as tf
+
+        return tf.switch_case(index, arms)
     import jax
 
     variables = list(variables)
@@ -224,7 +236,7 @@ def _unless_dropped(dropped, when_dropped, full, variables):
 
         return run
 
-    out, values = jax.lax.cond(dropped, arm(when_dropped), arm(full))
+    out, values = jax.lax.switch(index, [arm(fn) for fn in arms])
     for v, value in zip(state, values):
         v.assign(value)
     return out
