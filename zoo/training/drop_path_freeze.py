@@ -57,8 +57,9 @@ class _DropPathFreezeBase(keras.Model):
             it uses: none for the weights of the units it freezes, no backward pass below the
             lowest unit it trains (on torch the frozen variables leave autograd; on jax and
             tensorflow the zoo's convs follow a gradient plan, zoo.layers.grad_plan). The same
-            step as computing everything (tested); True by default. False computes every branch
-            and gradient and multiplies the dropped branches by 0.
+            step as computing everything (tested); True by default, except on jax under a
+            `keras.distribution` (the gradient all-reduces would sit inside the conditionals).
+            False computes every branch and gradient and multiplies the dropped branches by 0.
 
     The wrapper's call is the model's call. It serializes (get_config holds the wrapped model's
     config), so keras.callbacks.ModelCheckpoint (".keras" or ".weights.h5") and BackupAndRestore
@@ -223,6 +224,10 @@ class _DropPathFreezeBase(keras.Model):
     def skips_work(self):
         """Whether this step skips dropped branches and the gradients it does not use."""
         if self.granularity != "batch":
+            return False
+        if self.skip_dropped is None and BACKEND == "jax" and keras.distribution.distribution() is not None:
+            # a jax run under keras.distribution (one SPMD program over processes) would hold its
+            # gradient all-reduces inside the conditionals: not the default, untested there
             return False
         return True if self.skip_dropped is None else self.skip_dropped
 
