@@ -40,6 +40,17 @@ def _read(variable):
     return ops.copy(variable.value)
 
 
+def _distributed():
+    """Whether a keras.distribution (jax) or a tf.distribute strategy (tensorflow) is active."""
+    if BACKEND == "jax":
+        return keras.distribution.distribution() is not None
+    if BACKEND == "tensorflow":
+        import tensorflow as tf
+
+        return tf.distribute.has_strategy()
+    return False
+
+
 class _DropPathFreezeBase(keras.Model):
     """Wraps a zoo model (anything with `residual_units` whose units own a `drop_path`).
 
@@ -57,8 +68,9 @@ class _DropPathFreezeBase(keras.Model):
             it uses: none for the weights of the units it freezes, no backward pass below the
             lowest unit it trains (on torch the frozen variables leave autograd; on jax and
             tensorflow the zoo's convs follow a gradient plan, zoo.layers.grad_plan). The same
-            step as computing everything (tested); True by default, except on jax under a
-            `keras.distribution` (the gradient all-reduces would sit inside the conditionals).
+            step as computing everything (tested); True by default, except under a
+            `keras.distribution` (jax) or a tf.distribute strategy (the all-reduces would sit
+            inside the conditionals).
             False computes every branch and gradient and multiplies the dropped branches by 0.
 
     The wrapper's call is the model's call. It serializes (get_config holds the wrapped model's
@@ -225,9 +237,10 @@ class _DropPathFreezeBase(keras.Model):
         """Whether this step skips dropped branches and the gradients it does not use."""
         if self.granularity != "batch":
             return False
-        if self.skip_dropped is None and BACKEND == "jax" and keras.distribution.distribution() is not None:
-            # a jax run under keras.distribution (one SPMD program over processes) would hold its
-            # gradient all-reduces inside the conditionals: not the default, untested there
+        if self.skip_dropped is None and _distributed():
+            # a run over several devices or processes would hold its all-reduces (gradients,
+            # synchronised BatchNorm statistics, mirrored assigns) inside the conditionals,
+            # which gloo (jax) and tf.distribute (merge_call) do not allow: not the default there
             return False
         return True if self.skip_dropped is None else self.skip_dropped
 
@@ -342,6 +355,9 @@ else:
                     for (v, i), o in zip(guarded, old):
                         if not keep[i]:
                             v.value.copy_(o)
+            elif _distributed():  # tf.distribute: no assigns to mirrored variables inside a cond
+                for (v, i), o in zip(guarded, old):
+                    v.assign(ops.where(flags[i] > 0, v.value, o))
             else:
                 import tensorflow as tf
 
