@@ -21,8 +21,9 @@ class DropPath(keras.layers.Layer):
     A training step can impose the decision with `force(multiplier, grad_gate)`: while set,
     the branch is multiplied by `multiplier` (a scalar tensor or Python float, or one value a
     sample) instead of a draw, and `grad_gate` (one value a sample, or None) lets gradients
-    through only where it is 1. The DropPathFreeze step sets these to tensors computed inside its compiled step, so
-    changing masks never retrace, and nothing of it is saved with the weights.
+    through only where it is 1. The DropPathFreeze step sets these to tensors computed inside
+    its compiled step, so changing masks never retrace, and nothing of it is saved with the
+    weights.
 
     Input: any tensor with a leading batch axis. Output: the same shape.
     """

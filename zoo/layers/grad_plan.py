@@ -8,9 +8,10 @@ around its call, and the zoo's Conv2D reads `current()`.
 
 On jax and tensorflow a conv under a plan is `gated_conv`: the same convolution, whose
 backward pass computes the weight gradient and the input gradient each under a conditional,
-only where the plan needs it. A frozen unit's convs compute no weight gradient, and the convs
-of the units below the lowest one that trains no input gradient (their BatchNorms and
-activations still run their backward pass, on zeros). How the two gradients are written
+only where the plan needs it: a frozen unit's convs compute no weight gradient, and no conv
+computes an input gradient that nothing below it uses. (A unit the plan needs nothing of is
+cut from the gradient as a whole, BatchNorms and activations too: BaseResidualUnit.call.)
+How the two gradients are written
 depends on the compiler:
 - XLA (jax; tensorflow with jit_compile=True): as two forward convolutions in the canonical
   layouts (NHWC input, HWIO kernel). The backward convolutions jax's own rule emits lose

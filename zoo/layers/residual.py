@@ -47,18 +47,16 @@ class Conv2D(layers.Conv2D):
     channels-first data take Keras' own path. The class keeps Keras' name, so weight files name
     its place as they name a Keras Conv2D's.
 
-    On jax, inside a DropPathFreeze step's gradient plan (zoo.layers.grad_plan), the conv
-    computes its weight and input gradients only where the step needs them.
+    On jax and tensorflow, inside a DropPathFreeze step's gradient plan (zoo.layers.grad_plan),
+    the conv computes its weight and input gradients only where the step needs them.
     """
 
     def convolution_op(self, inputs, kernel):
         backend = keras.backend.backend()
         plain = self.data_format != "channels_last" or self.groups != 1
-        if backend in ("jax", "tensorflow") and not plain and grad_plan.current() is not None:
-            # a DropPathFreeze step's plan: gradients only where the step needs them
-            return grad_plan.gated_conv(
-                inputs, kernel, grad_plan.current(), self.strides, self.padding, self.dilation_rate
-            )
+        plan = grad_plan.current() if backend in ("jax", "tensorflow") and not plain else None
+        if plan is not None:  # a DropPathFreeze step's plan: gradients only where the step needs them
+            return grad_plan.gated_conv(inputs, kernel, plan, self.strides, self.padding, self.dilation_rate)
         if backend != "torch" or plain or (self.padding == "same" and max(self.strides) > 1):
             return super().convolution_op(inputs, kernel)
         import torch.nn.functional as F

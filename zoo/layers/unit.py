@@ -149,13 +149,12 @@ class BaseResidualUnit(keras.layers.Layer):
     def call(self, x, training=None):
         plan = getattr(self, "_gradient_plan", None) if training else None
         if plan is None:
-            return self._call(x, training)
+            return self._call(x, training, None)
         with grad_plan.needed_gradients(*plan):
-            return self._call(x, training)
+            return self._call(x, training, plan)
 
-    def _call(self, x, training):
+    def _call(self, x, training, plan):
         multiplier = self.drop_path.forced_batch_multiplier() if training and self._skippable() else None
-        plan = getattr(self, "_gradient_plan", None) if training else None
         if multiplier is None and plan is None:
             return self._full(x, training)
         # A training step (DropPathFreeze) imposes one multiplier on the whole batch: where it is
@@ -173,6 +172,7 @@ class BaseResidualUnit(keras.layers.Layer):
             conditions.append(ops.logical_not(plan[1]))
         arms.append(lambda: self._full(x, training))
         return _first_taken(conditions, arms, self.variables)
+
     def _full(self, x, training):
         branch, shortcut = self.branch_and_shortcut(x, training=training)
         return self.after_add(self.residual(shortcut, branch, training=training), training=training)

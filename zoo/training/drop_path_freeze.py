@@ -171,12 +171,13 @@ class _DropPathFreezeBase(keras.Model):
         self.last_mask.assign(1.0 - unit_dropped)
         self.last_kind.assign(ops.cast(is_b, "int32"))
         skips = self.skips_work()
-        plans = skips and self.plans_gradients()
+        plans = skips and BACKEND != "torch"  # torch takes frozen variables out of autograd instead
         if plans:
             # which gradients the step needs: a unit's weights where it changes; its input where
             # it or anything below it changes (a B step needs no backward pass below the lowest
             # unit it trains); the zoo's convs compute only those (zoo.layers.grad_plan)
             below = ops.cumsum(unit_update) + (1.0 - b) > 0
+            xla = BACKEND == "jax" or self.jit_compile is True
         if BACKEND == "torch" and self.granularity == "batch":
             # eager torch: the per-unit multipliers as Python floats, read once; a unit then
             # decides to skip its branch, and DropPath scales it, without a tensor op each
@@ -187,7 +188,7 @@ class _DropPathFreezeBase(keras.Model):
                 grad_gate = (1.0 - b) + b * dropped[i]
             unit.drop_path.force(multiplier[i], grad_gate, skippable=skips)
             if plans and hasattr(unit, "plan_gradients"):
-                unit.plan_gradients(unit_update[i] > 0, below[i], xla=BACKEND == "jax" or self.jit_compile is True)
+                unit.plan_gradients(unit_update[i] > 0, below[i], xla=xla)
 
     def release(self):
         for unit in self.model.residual_units:
@@ -243,11 +244,6 @@ class _DropPathFreezeBase(keras.Model):
             # which gloo (jax) and tf.distribute (merge_call) do not allow: not the default there
             return False
         return True if self.skip_dropped is None else self.skip_dropped
-
-    def plans_gradients(self):
-        """Whether the skipping step sets gradient plans (zoo.layers.grad_plan): on jax and
-        tensorflow; torch leaves the frozen variables out of autograd instead."""
-        return BACKEND != "torch"
 
     def _flags(self, unit_update, outside_update):
         return ops.concatenate([ops.convert_to_tensor(unit_update), ops.reshape(outside_update, (1,))])
