@@ -283,3 +283,69 @@ def test_register_skip_rejects_non_layers():
 
 def test_skip_module_registry_is_the_public_one():
     assert skip_module.list_skips() == zoo.list_skips()
+
+
+# === The residual sum as one kernel (zoo.layers.fused) ===
+@pytest.mark.parametrize("name", ["gate_exclusive", "gate_shortcut", "identity"])
+def test_residual_sum_is_the_calls_mapping_plus_its_branch(name):
+    """`add(x, F)` (the kernel a unit computes) = M(x) + the branch as `call` scales it, in
+    inference and in training."""
+    layer = built(name, bias_init=0.5, kernel_initializer="he_normal") if name != "identity" else built(name)
+    x, f = random_inputs(seed=1), random_inputs(seed=2)
+    mapped, branch = layer(x, f)
+    expected = to_numpy(mapped) + to_numpy(branch)
+    for training in (False, True):
+        np.testing.assert_allclose(to_numpy(layer.add(x, f, training=training)), expected, rtol=1e-5, atol=1e-6)
+
+
+def _one_step_weights(skip, x, y, plain, monkeypatch):
+    """Every weight of a tiny gated ResNet after one SGD step, its residual sums fused (the
+    default) or written as plain ops (`plain`), both traced and compiled by Keras' own step."""
+    from zoo.layers import fused
+
+    with monkeypatch.context() as patch:
+        if plain:
+            patch.setattr(fused, "add", lambda a, b: a + b)
+            patch.setattr(fused, "gated_sum", lambda x, lg, b, br, scales, training=False:
+                          fused._gated(x, lg, b, br, scales))
+        keras.utils.set_random_seed(0)
+        model = zoo.ResNet(stage_depths=(2, 1), stage_widths=(4, 8), input_shape=(8, 8, 3), num_classes=3,
+                           skip=skip, skip_options={"bias_init": 0.0, "kernel_initializer": "he_normal"})
+        model.compile(optimizer=keras.optimizers.SGD(0.5),
+                      loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+        model.train_on_batch(x, y)
+        return {w.path: to_numpy(w) for w in model.weights}
+
+
+@pytest.mark.parametrize("skip", ["gate_exclusive", "gate_shortcut"])
+def test_fused_gate_trains_as_its_formula_does(skip, monkeypatch):
+    """The gates' fused sum and its own backward pass (jax on a CPU) give the step that the
+    formula differentiated by the backend gives: every weight after one step, the gate's too."""
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((6, 8, 8, 3)).astype("float32")
+    y = rng.integers(0, 3, 6).astype("int32")
+    fused_step = _one_step_weights(skip, x, y, False, monkeypatch)
+    plain_step = _one_step_weights(skip, x, y, True, monkeypatch)
+    assert fused_step.keys() == plain_step.keys()
+    moved = 0
+    for path, value in plain_step.items():
+        np.testing.assert_allclose(fused_step[path], value, rtol=1e-4, atol=1e-6, err_msg=path)
+        moved += "gate" in path
+    assert moved == 6  # 3 units, a kernel and a bias each
+
+
+def test_gate_model_has_forward_mode_derivatives_in_inference():
+    """Analysis takes jvps of models in inference: the gates' sum there is differentiable in
+    both modes (its training backward pass has no forward mode), and <u, J v> = <J^T u, v>."""
+    from zoo.analysis import autodiff
+
+    model = zoo.ResNet(stage_depths=(1, 1), stage_widths=(4, 8), input_shape=(8, 8, 3), num_classes=3,
+                       skip="gate_exclusive", skip_options={"bias_init": 0.0, "kernel_initializer": "he_normal"})
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((2, 8, 8, 3)).astype("float32")
+    v = rng.standard_normal(x.shape).astype("float32")
+    u = rng.standard_normal((2, 3)).astype("float32")
+    fn = lambda t: model(t, training=False)  # noqa: E731
+    _, jv = autodiff.jvp(fn, x, v)
+    _, ju = autodiff.vjp(fn, x, u)
+    np.testing.assert_allclose(np.sum(u * jv), np.sum(ju * v), rtol=1e-4)

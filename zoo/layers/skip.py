@@ -45,6 +45,7 @@ import numpy as np
 from keras import ops
 
 from zoo.errors import UnknownNameError, check_range
+from zoo.layers import fused
 from zoo.layers.norm import batch_normalization
 
 _SKIPS = {}
@@ -163,6 +164,13 @@ class SkipMapping(keras.layers.Layer):
     def call(self, x, branch=None):
         mapped = self.map(x)
         return mapped if branch is None else (mapped, branch)
+
+    def add(self, x, branch, training=None):
+        """The residual sum M(x) + branch, the branch scaled as M imposes: what a residual unit
+        computes, with its branch after DropPath. The default adds what `call` returns, the add
+        a kernel of its own (zoo.layers.fused); the gates compute their mix and the sum in one."""
+        mapped, branch = self(x, branch, training=training)
+        return fused.add(mapped, branch)
 
     def compute_output_shape(self, x_shape, branch_shape=None):  # names match call(x, branch)
         return x_shape if branch_shape is None else (x_shape, branch_shape)
@@ -330,6 +338,13 @@ class _GateSkip(SkipMapping):
         if branch is None:
             return mapped
         return mapped, (g * branch if self.scales_branch else branch)
+
+    def add(self, x, branch, training=None):
+        # one fused kernel for the mix and the sum (zoo.layers.fused)
+        x, branch = ops.convert_to_tensor(x), ops.convert_to_tensor(branch)
+        logits = ops.matmul(x, ops.cast(self.gate_kernel, x.dtype))
+        bias = ops.cast(self.gate_bias, x.dtype)
+        return fused.gated_sum(x, logits, bias, branch, self.scales_branch, training=bool(training))
 
     def get_config(self):
         return {

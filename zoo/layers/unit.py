@@ -5,8 +5,8 @@
 model's skip path and, for a recurrence, its `horizon`), DropPath on the branch, the
 validated config, and the residual add, written once, in `residual`:
 
-    mapped, branch = self.skip(shortcut, branch)      # map_skip
-    y = mapped + self.drop_path(branch)               # apply_drop_path
+    branch = self.drop_path(branch)                   # apply_drop_path
+    y = self.skip.add(shortcut, branch)               # add_skip: M(s) + branch scaled by M
 
 A family's unit defines only its branch F and where it sits:
 
@@ -17,7 +17,7 @@ A family's unit defines only its branch F and where it sits:
                                        starts from (default: (self.branch(x), x))
     branch(x, training)                F alone
     after_add(y, training)             anything after the add (a post-activation ReLU)
-    map_skip, apply_drop_path          how M and DropPath are applied (a recurrent cell
+    add_skip, apply_drop_path          how M and DropPath are applied (a recurrent cell
                                        uses masks drawn once per sequence)
 
 `build` creates every variable (the branch's, the skip mapping's), so `unit.build(shape)`
@@ -32,7 +32,7 @@ import keras
 from keras import ops
 
 from zoo.errors import check_choice, check_range
-from zoo.layers import grad_plan
+from zoo.layers import fused, grad_plan
 from zoo.layers.drop_path import GRANULARITIES, DropPath
 from zoo.layers.skip import make_skip
 
@@ -117,10 +117,11 @@ class BaseResidualUnit(keras.layers.Layer):
         multiplied by zero as before (see `_can_skip_branch`)."""
         return x
 
-    def map_skip(self, shortcut, branch, training=None):
-        """(M(shortcut), branch times the scale M imposes). A recurrent cell draws its
-        randomness once per sequence here instead."""
-        return self.skip(shortcut, branch, training=training)
+    def add_skip(self, shortcut, branch, training=None):
+        """M(shortcut) + the branch (after DropPath) times the scale M imposes, the residual
+        sum (`SkipMapping.add`). A recurrent cell draws its randomness once per sequence here
+        instead."""
+        return self.skip.add(shortcut, branch, training=training)
 
     def apply_drop_path(self, branch, training=None):
         """DropPath on the branch (a recurrent cell applies its per-sequence mask)."""
@@ -134,9 +135,10 @@ class BaseResidualUnit(keras.layers.Layer):
         self.drop_path.build(shape)
 
     def residual(self, shortcut, branch, training=None):
-        """M(shortcut) + DropPath(branch), with the branch scale M may impose: the residual add."""
-        mapped, branch = self.map_skip(shortcut, branch, training=training)
-        return mapped + self.apply_drop_path(branch, training=training)
+        """M(shortcut) + DropPath(branch), with the branch scale M may impose: the residual add.
+        (DropPath multiplies whole samples by a constant, so it commutes with M's branch scale:
+        it goes first, and the skip mapping computes its scale and the sum in one kernel.)"""
+        return self.add_skip(shortcut, self.apply_drop_path(branch, training=training), training=training)
 
     def plan_gradients(self, weights=None, inputs=None, xla=True):
         """Set by a training step (DropPathFreeze): whether the step needs the gradients of this
@@ -171,7 +173,8 @@ class BaseResidualUnit(keras.layers.Layer):
             arms.append(lambda: ops.stop_gradient(self._full(x, training)))
             conditions.append(ops.logical_not(plan[1]))
         arms.append(lambda: self._full(x, training))
-        return _first_taken(conditions, arms, self.variables)
+        with fused.inside_conditional():  # the arms are conditionals: the sums need none of their own
+            return _first_taken(conditions, arms, self.variables)
 
     def _full(self, x, training):
         branch, shortcut = self.branch_and_shortcut(x, training=training)
@@ -201,7 +204,7 @@ def _can_skip_branch(cls):
     add is the base class's, and `shortcut_only` gives s (the default, x, is s only where
     `branch_and_shortcut` is the default too). Once per class, not per call."""
     base = BaseResidualUnit
-    return (cls.map_skip is base.map_skip and cls.apply_drop_path is base.apply_drop_path
+    return (cls.add_skip is base.add_skip and cls.apply_drop_path is base.apply_drop_path
             and (cls.shortcut_only is not base.shortcut_only or cls.branch_and_shortcut is base.branch_and_shortcut))
 
 

@@ -132,12 +132,12 @@ class ResidualRNNCell(DropoutRNNCell, BaseResidualUnit):
         return self.activation(ops.matmul(inputs, self.kernel) + ops.matmul(h, self.recurrent_kernel) + self.bias)
 
     # === The residual add with per-sequence randomness (hooks of BaseResidualUnit.residual) ===
-    def map_skip(self, h, branch, training=None):
+    def add_skip(self, h, branch, training=None):
         if isinstance(self.skip, DropoutSkip):
             mask = self.get_recurrent_dropout_mask(h) if training else None
             mapped = self.skip(h, training=False) if mask is None else h * ops.cast(mask, h.dtype)
-            return mapped, branch
-        return self.skip(h, branch)
+            return mapped + branch
+        return self.skip.add(h, branch, training=training)
 
     def apply_drop_path(self, branch, training=None):
         if training and self.drop_path_rate > 0:
