@@ -349,3 +349,25 @@ def test_gate_model_has_forward_mode_derivatives_in_inference():
     _, jv = autodiff.jvp(fn, x, v)
     _, ju = autodiff.vjp(fn, x, u)
     np.testing.assert_allclose(np.sum(u * jv), np.sum(ju * v), rtol=1e-4)
+
+
+@pytest.mark.skipif(keras.backend.backend() != "jax", reason="the fusion boundary is XLA:CPU's (jax)")
+def test_residual_sums_are_conditionals_on_jax_unless_inside_one():
+    """On jax each sum is traced inside a conditional of its own (a boundary XLA does not fuse
+    across), the gates' training sum with its own backward pass; inside a unit's DropPathFreeze
+    arm, a conditional already, it is a plain sum."""
+    import jax
+
+    from zoo.layers import fused
+
+    x, bias = np.ones((2, 3, 4), "float32"), np.zeros((4,), "float32")
+
+    def conditionals(fn, *args):  # a new function each time: jax caches traces by function
+        return str(jax.make_jaxpr(lambda *t: fn(*t))(*args)).count("cond[")
+
+    plain = conditionals(lambda a, b: a + b, x, x)
+    assert conditionals(fused.add, x, x) > plain
+    with fused.inside_conditional():
+        assert conditionals(fused.add, x, x) == plain
+    gated = jax.make_jaxpr(lambda *t: fused.gated_sum(*t, True, training=True))(x, x, bias, x)
+    assert "custom_vjp" in str(gated) and str(gated).count("cond[") > plain
