@@ -366,3 +366,28 @@ def test_the_skipping_step_trains_inside_fit(downsample):
     history = trainer.fit(x, y, batch_size=8, epochs=1, verbose=0)
     assert np.isfinite(history.history["loss"]).all()
     assert np.isfinite(to_numpy(model.predict(x, verbose=0))).all()
+
+
+@pytest.mark.skipif(keras.backend.backend() != "jax", reason="jax's conditional arms and jax.checkpoint")
+def test_unit_arms_recompute_what_is_not_a_product_in_their_backward_pass_on_jax():
+    """On jax a unit's arms are rematerialised but for their products: the backward arm
+    computes the elementwise values again (tanh here) instead of reading them from the forward
+    arm's outputs, and the gradient is the one without rematerialisation."""
+    import jax
+    import jax.numpy as jnp
+
+    from zoo.layers.unit import _first_taken
+
+    keras.utils.set_random_seed(0)
+    dense = keras.layers.Dense(4)
+    dense.build((2, 4))
+    x = np.random.default_rng(0).standard_normal((2, 4)).astype("float32")
+
+    def loss(x):
+        out = _first_taken([x[0, 0] > 5.0], [lambda: x * 0.0, lambda: jnp.tanh(dense(x))], dense.variables)
+        return jnp.sum(out**2)
+
+    jaxpr = str(jax.make_jaxpr(jax.grad(loss))(x))
+    assert jaxpr.count("tanh") >= 2, jaxpr  # once forward, once again in the backward arm
+    expected = jax.grad(lambda x: jnp.sum(jnp.tanh(dense(x)) ** 2))(x)
+    np.testing.assert_allclose(np.asarray(jax.grad(loss)(x)), np.asarray(expected), rtol=1e-6)
