@@ -19,8 +19,9 @@ gates' sum has a backward pass of its own, one conditional too (`_jax_gated_sum`
 (2026-12-05, this 2-core CPU, bench/): the plain Keras step of ResNet-20 (32 px, batch 64)
 went from 242 to 210 ms, ResNet-56's (16 px, batch 32) from 102 to 84 ms (one run each); the
 gates' steps from 1.23x the identity's to 1.08x (shortcut) and 1.16x (exclusive) of the now
-faster identity step (medians of three paired runs, bench/results/cpu-2026-12-05-*). Inside a unit's arm of the DropPathFreeze step
-(`inside_conditional`) the sums need no conditional of their own.
+faster identity step (medians of three paired runs, bench/results/cpu-2026-12-05-*). Inside
+a unit's arm of the DropPathFreeze step (`inside_conditional`) the sums need no conditional of
+their own.
 
 Elsewhere the sums are plain ops: on a GPU (`lax.platform_dependent`), under a
 keras.distribution (a predicate read from a sharded tensor would need a collective per
