@@ -133,7 +133,9 @@ def cases(suite, smoke=False, skips=()):
     dpf = {"drop_path_rate": 0.2, "drop_path_granularity": "batch"}
     # A DropPathFreeze step costs what its mask drops (at rate 0.2 ResNet-20 drops about one
     # unit an A step, often none): its windows are long, so that each holds several masks.
-    many_masks = {"steps": 2 if smoke else 10}
+    # Warmed up over a window too, so that every kind of step has run before timing (on jax on a
+    # CPU the DropPathFreeze step is compiled once per kind of step, each readied on its first run).
+    many_masks = {"steps": 2 if smoke else 10, "warmup": 2 if smoke else 10}
     freeze = {"granularity": "batch", "freeze_every": 1, "seed": 0}
     # The DropPathFreeze step against Keras' plain step on the same model (issue #17's goal is
     # the ratio on ResNet-20 and ResNet-56), the step skipping every dropped branch and the step
@@ -205,12 +207,13 @@ def worker(backend, args):
                 raise _skip(impl, case["gpu_only"])
             paired = by_name.get(case.get("baseline")) if args.paired and backend != "anchors" else None
             case_steps = args.steps or case.get("steps") or steps
-            entry["steps_per_window"] = case_steps
+            case_warmup = case.get("warmup", warmup)
+            entry["steps_per_window"], entry["warmup_steps"] = case_steps, case_warmup
             if paired:
-                entry.update(impl.run_case(case, warmup, case_steps, windows, profile=args.profile,
+                entry.update(impl.run_case(case, case_warmup, case_steps, windows, profile=args.profile,
                                            paired_with=paired))
             else:
-                entry.update(impl.run_case(case, warmup, case_steps, windows, profile=args.profile))
+                entry.update(impl.run_case(case, case_warmup, case_steps, windows, profile=args.profile))
             entry["status"] = "ok"
         except Exception as err:  # one failing case must not lose the others
             skipped = type(err).__name__ == "Skipped"

@@ -95,9 +95,9 @@ def test_skipping_dropped_branches_is_the_same_step(placement):
         assert trimmed or keras.backend.backend() != "torch" or not skip_dropped
         return [to_numpy(v) for v in trainer.variables], dropped
 
-    (skipped, dropped), (computed, _) = train(True), train(False)
+    (skipped, dropped), (computed, _), (default, _) = train(True), train(False), train(None)
     assert dropped > 2  # steps with dropped units were taken
-    for a, b in zip(skipped, computed):
+    for a, b in zip(skipped + default, computed + computed):
         if keras.backend.backend() == "torch":  # eager: the same kernels on the same values, bit for bit
             np.testing.assert_array_equal(a, b)
         else:  # a conditional in the compiled graph changes how XLA / grappler fuse the rest
@@ -391,3 +391,34 @@ def test_unit_arms_recompute_what_is_not_a_product_in_their_backward_pass_on_jax
     assert jaxpr.count("tanh") >= 2, jaxpr  # once forward, once again in the backward arm
     expected = jax.grad(lambda x: jnp.sum(jnp.tanh(dense(x)) ** 2))(x)
     np.testing.assert_allclose(np.asarray(jax.grad(loss)(x)), np.asarray(expected), rtol=1e-6)
+
+
+@pytest.mark.skipif(keras.backend.backend() != "jax", reason="jax on a CPU: two compiled steps")
+def test_jax_fit_runs_the_compiled_step_chosen_for_each_mask_before_it(monkeypatch):
+    """On jax on a CPU `fit` runs one compiled step that computes every branch (no conditional,
+    no gradient plan) for A steps dropping at most one unit, and one that skips (dropped
+    branches skipped, gradients planned) for B steps and A steps dropping two or more; both are
+    traced on the first step, and the right one runs before each step."""
+    from zoo.layers import grad_plan
+
+    planned = []
+    gated_conv = grad_plan.gated_conv
+    monkeypatch.setattr(grad_plan, "gated_conv", lambda *a, **k: planned.append(1) or gated_conv(*a, **k))
+    traced = []
+    train_step = DropPathFreeze.train_step
+    monkeypatch.setattr(DropPathFreeze, "train_step",
+                        lambda self, *a: traced.append((self._kind, len(planned))) or train_step(self, *a))
+    _, trainer = make(keras.optimizers.SGD(0.05, momentum=0.9), run_eagerly=False, rate=0.6)
+    assert trainer.dispatches_kinds()
+    kinds = []
+    for step in range(10):
+        trainer.train_on_batch(*batch(step))
+        kinds.append(trainer.dispatched_kind)
+        b_step = int(to_numpy(trainer.last_kind)) == 1
+        dropped = int(np.sum(to_numpy(trainer.last_mask) == 0))
+        assert kinds[-1] == ("skipping" if b_step or dropped >= 2 else "computing"), (step, b_step, dropped)
+    assert {"computing", "skipping"} <= set(kinds)
+    # each traced once, on the first step; only the skipping step's convs follow a gradient plan
+    assert [kind for kind, _ in traced] == ["computing", "skipping"]
+    assert traced[1][1] == 0 and len(planned) > 0
+    assert not DropPathFreeze(trainer.model, skip_dropped=True).dispatches_kinds()
