@@ -139,8 +139,8 @@ def cases(suite, smoke=False, skips=()):
     freeze = {"granularity": "batch", "freeze_every": 1, "seed": 0}
     # The DropPathFreeze step against Keras' plain step on the same model (issue #17's goal is
     # the ratio on ResNet-20 and ResNet-56), the step skipping every dropped branch and the step
-    # computing them all (skip_dropped True / False; the default is True, the same step as
-    # "skipping": two timings of one step, which show the bench's noise).
+    # computing them all (skip_dropped True / False). The default is True's step, except on jax
+    # on a CPU, where it picks one of two compiled steps before each step (kind_dispatched_step).
     depths = [(dpf_model, "")] + ([("resnet56_cifar", "_r56")] if suite == "cpu" else [])
     for model, tag in depths:
         out += [

@@ -269,6 +269,10 @@ if BACKEND == "jax":
 
         def make_train_function(self, force=False):
             if self.train_function is not None and not force:
+                # every `fit` / `train_on_batch` call: the schedule's copy is read again from the
+                # state (weights loaded in between would otherwise leave it behind: a slower
+                # choice of step, never an inexact one)
+                getattr(self, "_reread_schedule", lambda: None)()
                 return
             if not self.dispatches_kinds():
                 return super().make_train_function(force)
@@ -303,8 +307,8 @@ if BACKEND == "jax":
             The next step's mask is known before it runs: the masks depend only on the step
             counter and the mask generator's state, so a small compiled function replays their
             draws `lookahead` steps at a time from a copy of those three values (read from the
-            state once), independently of the training steps: no step waits for the one
-            before it."""
+            state at the first step of each `fit` or `train_on_batch` call), independently of
+            the training steps: no step waits for the one before it."""
             import functools
 
             import jax
@@ -333,12 +337,20 @@ if BACKEND == "jax":
                 return jax.lax.scan(one, tuple(values), None, length=lookahead)
 
             where = [next(i for i, v in enumerate(self.non_trainable_variables) if v is w) for w in schedule]
-            pending, values = [], []
+            pending, values, traced = [], [], []
+
+            def reread():
+                pending.clear()
+                values.clear()
+
+            object.__setattr__(self, "_reread_schedule", reread)
 
             def step(state, data):
-                if not values:  # the first step: trace both kinds now, copy the schedule's state
+                if not traced:  # the first step: trace both kinds now, none is traced later
                     for fn in steps.values():
                         fn.lower(state, data)
+                    traced.append(True)
+                if not values:  # copy the schedule's state
                     values.append(tuple(np.asarray(state[1][i]) for i in where))
                 if not pending:
                     values[0], skips = ahead(values[0])
