@@ -132,10 +132,14 @@ def cases(suite, smoke=False, skips=()):
         raise ValueError(f"Received suite={suite!r}; allowed: 'cpu', 'gpu'.")
     dpf = {"drop_path_rate": 0.2, "drop_path_granularity": "batch"}
     # A DropPathFreeze step costs what its mask drops (at rate 0.2 ResNet-20 drops about one
-    # unit an A step, often none): its windows are long, so that each holds several masks.
+    # unit an A step, often none; a B step trains only the units its A step dropped): its
+    # windows are long, so that each holds many masks. With 10 steps a window (until 2026-12-05)
+    # ResNet-20's DropPathFreeze windows ranged over 16.5-20 ms against the plain step's steady
+    # 19.5-22 in one run: the median of the windows' ratios read which masks fell in which
+    # window as much as the step's speed. 30 steps hold about 10 A/B pairs.
     # Warmed up over a window too, so that every kind of step has run before timing (on jax on a
-    # CPU the DropPathFreeze step is compiled once per kind of step, each readied on its first run).
-    many_masks = {"steps": 2 if smoke else 10, "warmup": 2 if smoke else 10}
+    # CPU the DropPathFreeze step is compiled, and run once, per kind of step on its first step).
+    many_masks = {"steps": 2 if smoke else 30, "warmup": 2 if smoke else 10}
     freeze = {"granularity": "batch", "freeze_every": 1, "seed": 0}
     # The DropPathFreeze step against Keras' plain step on the same model (issue #17's goal is
     # the ratio on ResNet-20 and ResNet-56), the step skipping every dropped branch and the step

@@ -169,7 +169,7 @@ class BaseResidualUnit(keras.layers.Layer):
             arms.append(lambda: self.after_add(
                 self.skip(self.shortcut_only(x, training=training), training=training), training=training))
             conditions.append(multiplier == 0 if isinstance(multiplier, float) else ops.equal(multiplier, 0))
-        if plan is not None:
+        if plan is not None and plan[1] is not True:
             arms.append(lambda: ops.stop_gradient(self._full(x, training)))
             conditions.append(ops.logical_not(plan[1]))
         arms.append(lambda: self._full(x, training))

@@ -70,9 +70,9 @@ class _DropPathFreezeBase(keras.Model):
             tensorflow the zoo's convs follow a gradient plan, zoo.layers.grad_plan). The same
             step as computing everything (tested). None (the default): True, except under a
             `keras.distribution` (jax) or a tf.distribute strategy (the all-reduces would sit
-            inside the conditionals), and on jax on a CPU, where `fit` compiles the step twice
-            and skips in B steps and in A steps that drop two or more units only
-            (`kind_dispatched_step`: there the conditionals cost more than one dropped unit).
+            inside the conditionals), and on jax on a CPU, where `fit` compiles one step per kind
+            of step (`kind_dispatched_step`: A steps skip only when they drop enough units to
+            pay for the conditionals, B steps plan their gradients).
             True skips in every step; False computes every branch and gradient and multiplies
             the dropped branches by 0.
 
@@ -180,10 +180,14 @@ class _DropPathFreezeBase(keras.Model):
         self.outside_update.assign(1.0 - b)
         self.last_mask.assign(1.0 - unit_dropped)
         self.last_kind.assign(ops.cast(is_b, "int32"))
-        # the step `kind_dispatched_step` compiles for A steps that drop at most one unit (jax on a
-        # CPU) computes every branch, the dropped ones multiplied by 0: no conditionals
-        skips = self.skips_work() and getattr(self, "_kind", None) != "computing"
-        plans = skips and BACKEND != "torch"  # torch takes frozen variables out of autograd instead
+        # the kinds of step `kind_dispatched_step` compiles (jax on a CPU): "computing" computes
+        # every branch, the dropped ones multiplied by 0, and every gradient: no conditionals;
+        # "dropping" (A steps) skips dropped branches and computes every gradient; "freezing" (B
+        # steps, which drop nothing) computes every branch and only the gradients it needs
+        kind = getattr(self, "_kind", None)
+        skips = self.skips_work() and kind not in ("computing", "freezing")
+        # torch takes frozen variables out of autograd instead
+        plans = self.skips_work() and kind != "computing" and BACKEND != "torch"
         if plans:
             # which gradients the step needs: a unit's weights where it changes; its input where
             # it or anything below it changes (a B step needs no backward pass below the lowest
@@ -200,7 +204,10 @@ class _DropPathFreezeBase(keras.Model):
                 grad_gate = (1.0 - b) + b * dropped[i]
             unit.drop_path.force(multiplier[i], grad_gate, skippable=skips)
             if plans and hasattr(unit, "plan_gradients"):
-                unit.plan_gradients(unit_update[i] > 0, below[i], xla=xla)
+                if kind == "dropping":  # an A step trains every unit it computes
+                    unit.plan_gradients(True, True, xla=xla)
+                else:
+                    unit.plan_gradients(unit_update[i] > 0, below[i], xla=xla)
 
     def release(self):
         for unit in self.model.residual_units:
@@ -287,22 +294,32 @@ if BACKEND == "jax":
                     and bool(self.jit_compile) and jax.default_backend() == "cpu")
 
         def kind_dispatched_step(self, lookahead=32):
-            """(state, data) -> (logs, state): two compiled steps, one chosen before each step.
+            """(state, data) -> (logs, state): three compiled steps, one chosen before each step.
 
             On jax on a CPU the units' conditionals cost a step about 3 ms whatever it drops
             (ResNet-20 and ResNet-56, 16 px, batch 32, this 2-core CPU): a step that drops
             nothing took 24.3 ms with them against a plain step's 21.1 (ResNet-20) and 78.2
-            against 75.1 (ResNet-56). A B step gains far more than that (13-17 ms on
-            ResNet-20), an A step that drops two or more units about what it pays or more, and
-            an A step that drops one ResNet-20 unit less (25.3 ms with the conditionals, 22.4
-            computing every branch; one run each). Inside one compiled step the kind is known
-            only at run time, and choosing inside it (a conditional around the whole step)
-            made the units' conditionals slower still (ResNet-56: 44 -> 60 ms a B step). So
-            the step is compiled twice: `skipping` (dropped branches skipped, gradients
-            planned, as `skip_dropped=True`) runs the B steps and the A steps that drop two or
-            more units; `computing` (every branch computed, the dropped ones multiplied by 0,
-            no conditional) runs the rest. Both are whole DropPathFreeze steps, exact for any
-            mask: the choice is only ever about speed.
+            against 75.1 (ResNet-56). Inside one compiled step the kind is known only at run
+            time, and choosing inside it (a conditional around the whole step) made the units'
+            conditionals slower still (ResNet-56: 44 -> 60 ms a B step). But each kind of step
+            needs only some of them: an A step trains every unit it computes (its gradient plan
+            is all of them: the convs need no conditional), a B step drops nothing (its units
+            need no dropped arm). So the step is compiled once per kind:
+
+            - `dropping`: dropped branches skipped, every gradient computed. A steps that drop
+              at least two units (ResNet-20, 9 units) or one (models of 18 units or more:
+              ResNet-56, 27 units); fewer on ResNet-20 saved less than the conditionals cost.
+            - `freezing`: every branch computed, only the gradients the step uses (the plan
+              of `skip_dropped=True`). B steps.
+            - `computing`: every branch computed, the dropped ones multiplied by 0, every
+              gradient: no conditional. The other A steps.
+
+            Each is a whole DropPathFreeze step, exact for any mask (what a plan does not
+            compute, the step's freeze selects away): the choice is only ever about speed.
+            Against two kinds (the B steps and these A steps under `skip_dropped=True`'s step,
+            both plans and dropped arms), in one process, 5 rounds of 100 (ResNet-20) and 40
+            (ResNet-56) steps each, medians: ResNet-20 17.72 -> 17.25 ms a step (plain step
+            20.86), ResNet-56 54.16 -> 50.00 ms (plain 68.89; 51.24 with ResNet-20's threshold).
 
             The next step's mask is known before it runs: the masks depend only on the step
             counter and the mask generator's state, so a small compiled function replays their
@@ -321,8 +338,11 @@ if BACKEND == "jax":
                 finally:
                     object.__setattr__(self, "_kind", None)
 
-            steps = {kind: jax.jit(functools.partial(of_kind, kind), donate_argnums=0)
-                     for kind in ("computing", "skipping")}
+            kinds = ("computing", "dropping", "freezing")
+            # the fewest dropped units for which an A step skips: measured on ResNet-20 (9 units,
+            # two) and ResNet-56 (27 units, one)
+            fewest = 1 if len(self.unit_names) >= 18 else 2
+            steps = {kind: jax.jit(functools.partial(of_kind, kind), donate_argnums=0) for kind in kinds}
             schedule = (self.step_count, self.mask_seed.state, self.replay_state)
 
             @jax.jit
@@ -332,12 +352,13 @@ if BACKEND == "jax":
                         dropped, _, _, scheduled_b = self._draw_mask(None)
                         values = tuple(scope.get_current_value(v) for v in schedule)
                     count = ops.sum(dropped)
-                    return values, ops.logical_or(ops.logical_and(scheduled_b, count > 0), count >= 2)
+                    b_step = ops.logical_and(scheduled_b, count > 0)
+                    return values, ops.where(b_step, 2, ops.where(count >= fewest, 1, 0))
 
                 return jax.lax.scan(one, tuple(values), None, length=lookahead)
 
             where = [next(i for i, v in enumerate(self.non_trainable_variables) if v is w) for w in schedule]
-            pending, values, traced = [], [], []
+            pending, values, compiled = [], [], {}
 
             def reread():
                 pending.clear()
@@ -346,18 +367,24 @@ if BACKEND == "jax":
             object.__setattr__(self, "_reread_schedule", reread)
 
             def step(state, data):
-                if not traced:  # the first step: trace both kinds now, none is traced later
-                    for fn in steps.values():
-                        fn.lower(state, data)
-                    traced.append(True)
+                if not compiled:  # the first step: every kind traced, compiled and run once now
+                    for kind, fn in steps.items():
+                        compiled[kind] = fn.lower(state, data).compile()
+                        # run once on a copy of the state, the result dropped: an executable's first
+                        # run costs several steps' time (ResNet-56: 424 ms against 68), which would
+                        # otherwise fall on the first step of its kind, however late
+                        jax.block_until_ready(compiled[kind](jax.tree.map(jax.numpy.copy, state), data))
                 if not values:  # copy the schedule's state
                     values.append(tuple(np.asarray(state[1][i]) for i in where))
                 if not pending:
                     values[0], skips = ahead(values[0])
                     pending.extend(np.asarray(skips).tolist())
-                kind = "skipping" if pending.pop(0) else "computing"
+                kind = kinds[pending.pop(0)]
                 object.__setattr__(self, "dispatched_kind", kind)  # the kind that ran last (tests)
-                return steps[kind](state, data)
+                try:
+                    return compiled[kind](state, data)
+                except TypeError:  # a batch of another shape (an epoch's last): traced for it
+                    return steps[kind](state, data)
 
             return step
 
