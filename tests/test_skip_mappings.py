@@ -321,8 +321,8 @@ def _one_step_weights(skip, x, y, plain, monkeypatch):
     with monkeypatch.context() as patch:
         if plain:
             patch.setattr(fused, "add", lambda a, b: a + b)
-            patch.setattr(fused, "gated_sum", lambda x, lg, b, br, scales, training=False:
-                          fused._gated(x, lg, b, br, scales))
+            patch.setattr(fused, "gated_sum", lambda x, k, b, br, scales, training=False:
+                          fused._gated(x, keras.ops.matmul(x, k), b, br, scales))
         keras.utils.set_random_seed(0)
         model = zoo.ResNet(stage_depths=(2, 1), stage_widths=(4, 8), input_shape=(8, 8, 3), num_classes=3,
                            skip=skip, skip_options={"bias_init": 0.0, "kernel_initializer": "he_normal"})
@@ -384,5 +384,6 @@ def test_residual_sums_are_conditionals_on_jax_unless_inside_one():
     assert conditionals(fused.add, x, x) > plain
     with fused.inside_conditional():
         assert conditionals(fused.add, x, x) == plain
-    gated = jax.make_jaxpr(lambda *t: fused.gated_sum(*t, True, training=True))(x, x, bias, x)
+    kernel = np.eye(4, dtype="float32")
+    gated = jax.make_jaxpr(lambda *t: fused.gated_sum(*t, True, training=True))(x, kernel, bias, x)
     assert "custom_vjp" in str(gated) and str(gated).count("cond[") > plain

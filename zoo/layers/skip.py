@@ -351,9 +351,8 @@ class _GateSkip(SkipMapping):
     def add(self, x, branch, training=None):
         # one fused kernel for the mix and the sum (zoo.layers.fused)
         x, branch = ops.convert_to_tensor(x), ops.convert_to_tensor(branch)
-        logits = ops.matmul(x, ops.cast(self.gate_kernel, x.dtype))
-        bias = ops.cast(self.gate_bias, x.dtype)
-        return fused.gated_sum(x, logits, bias, branch, self.scales_branch, training=bool(training))
+        kernel, bias = ops.cast(self.gate_kernel, x.dtype), ops.cast(self.gate_bias, x.dtype)
+        return fused.gated_sum(x, kernel, bias, branch, self.scales_branch, training=bool(training))
 
     def get_config(self):
         return {
