@@ -104,6 +104,33 @@ def test_skipping_dropped_branches_is_the_same_step(placement):
             np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-6)
 
 
+@pytest.mark.skipif(keras.backend.backend() != "tensorflow", reason="TensorFlow's conditionals")
+def test_tensorflow_conditionals_pass_plain_intermediates(monkeypatch):
+    """On tensorflow the units' conditionals hand their gradients the forward intermediates as
+    plain tensors (placeholders in the arms that did not run), not wrapped in optionals: fewer
+    ops a step in TensorFlow's graph executor. Without the switch TensorFlow wraps them: the
+    check tells the two apart. (That the step's values do not change is
+    test_skipping_dropped_branches_is_the_same_step's.)"""
+    import contextlib
+
+    import tensorflow as tf
+
+    from zoo.training import drop_path_freeze
+
+    def op_types(trainer):
+        x, y = batch()
+        graph = tf.function(trainer.train_step).get_concrete_function((tf.constant(x), tf.constant(y))).graph
+        library = graph.as_graph_def().library.function
+        return {node.op for function in library for node in function.node_def}
+
+    _, trainer = make(keras.optimizers.SGD(0.1), run_eagerly=False)
+    plain = op_types(trainer)
+    assert "FakeParam" in plain and not {"OptionalFromValue", "OptionalNone"} & plain
+    monkeypatch.setattr(drop_path_freeze, "_plain_intermediates", contextlib.nullcontext)
+    _, trainer = make(keras.optimizers.SGD(0.1), run_eagerly=False)
+    assert "OptionalFromValue" in op_types(trainer)
+
+
 def test_a_unit_skips_its_dropped_branch_only_where_it_can_give_the_shortcut_alone():
     """A family that overrides `branch_and_shortcut` (s is not x) must also give `shortcut_only`
     for its dropped branches to be skipped; a recurrent cell (its own residual add) never is."""

@@ -24,6 +24,7 @@ How it stays exact and compiled once:
   `DropPathFreeze(model).fit(...)`.
 """
 
+import contextlib
 import warnings
 
 import keras
@@ -49,6 +50,30 @@ def _distributed():
 
         return tf.distribute.has_strategy()
     return False
+
+
+def _plain_intermediates():
+    """While tracing the step on tensorflow: the units' conditionals pass what their gradients
+    read from the forward pass as plain tensors, not wrapped in optionals.
+
+    A conditional's gradient reads the intermediates of the arm that ran; TensorFlow makes them
+    outputs of the forward conditional, by default each wrapped in an optional (an
+    `OptionalFromValue` in the arm that computes it, an `OptionalNone` in every other arm, an
+    `OptionalGetValue` in the gradient): three more ops in TensorFlow's graph executor for every
+    intermediate of every unit, every step. Without optionals (as under XLA) the other arms output
+    a `FakeParam` placeholder instead (one tensor made once, never read: the gradient of the arm
+    that ran reads only its own intermediates), the same values in fewer ops. The bench's
+    DropPathFreeze / plain step on tensorflow, three runs each alternating, before -> after
+    (this 2-core Intel Xeon, README "2026-12-05 (Intel Xeon, night)"): ResNet-20 1.074, 1.050,
+    1.065 -> 1.097, 1.084, 1.080; ResNet-56 1.177, 1.181, 1.173 -> 1.191, 1.173, 1.187. A private
+    TensorFlow switch (`context.temporarily_disable_optionals_in_gradients`): where it is missing,
+    TensorFlow's default."""
+    if BACKEND != "tensorflow":
+        return contextlib.nullcontext()
+    from tensorflow.python.eager import context
+
+    switch = getattr(context, "temporarily_disable_optionals_in_gradients", None)
+    return switch() if switch is not None else contextlib.nullcontext()
 
 
 class _DropPathFreezeBase(keras.Model):
@@ -430,7 +455,8 @@ else:
             else:
                 frozen, keep, old = [], None, self._snapshot(guarded)
             try:
-                with warnings.catch_warnings():  # the frozen variables get no gradient: by design
+                with warnings.catch_warnings(), _plain_intermediates():
+                    # the frozen variables get no gradient: by design
                     warnings.filterwarnings("ignore", message="Gradients do not exist for variables")
                     logs = super().train_step(data)
             finally:
