@@ -351,8 +351,12 @@ def test_gated_conv_gives_the_backends_own_gradients_and_skips_what_the_plan_doe
     np.testing.assert_allclose(to_numpy(gated((True, True))(x, w)), y, rtol=1e-5, atol=1e-5)
     dy = rng.standard_normal(y.shape).astype("float32")
     want = [to_numpy(g) for g in _conv_gradients(reference, x, w, dy)]
-    for flags in ((True, True), (True, False), (False, True), (False, False)):  # (weights, inputs)
-        got = [to_numpy(g) for g in _conv_gradients(gated(flags), x, w, dy)]
+    # (weights, inputs): Python bools (True: known when tracing, no conditional) and tensors
+    # (decided in the step: a conditional)
+    both = [(w_, i_) for w_ in (True, False) for i_ in (True, False)]
+    tensors = [tuple(keras.ops.convert_to_tensor(f) for f in flags) for flags in both]
+    for flags, plan in zip(both + both, both + tensors):
+        got = [to_numpy(g) for g in _conv_gradients(gated(plan), x, w, dy)]
         for g, ref, needed in zip(got, [want[0], want[1]], (flags[1], flags[0])):
             if needed and keras.backend.backend() == "jax":  # the same convolutions as jax's own rule
                 np.testing.assert_array_equal(g, ref)
@@ -370,12 +374,16 @@ def test_the_compiled_step_plans_gradients_where_it_skips(monkeypatch):
 
     calls = []
     gated_conv = grad_plan.gated_conv
-    monkeypatch.setattr(grad_plan, "gated_conv", lambda *a, **k: calls.append(1) or gated_conv(*a, **k))
+    monkeypatch.setattr(grad_plan, "gated_conv", lambda x, w, plan, *a: calls.append(plan) or gated_conv(x, w, plan, *a))
     for granularity, planned in (("batch", keras.backend.backend() != "torch"), ("sample", False)):
         calls.clear()
         _, trainer = make(keras.optimizers.SGD(0.1), run_eagerly=False, granularity=granularity)
         trainer.train_on_batch(*batch())
         assert bool(calls) == planned, (granularity, len(calls))
+        if planned:
+            # a unit's arm that computes everything runs only where the step needs its input's
+            # gradient: there its convs know it when tracing (no conditional on it)
+            assert any(plan[1] is True for plan in calls) and not all(plan[1] is True for plan in calls)
         assert all(getattr(u, "_gradient_plan", None) is None for u in trainer.residual_units)  # released
 
 

@@ -63,10 +63,10 @@ def explicit_padding(padding, sizes, kernel_size, strides, dilation):
 
 
 @functools.cache
-def _jax_gated_conv(every_gradient=False):
+def _jax_gated_conv(every_gradient=False, every_input_gradient=False):
     """The conv whose backward pass computes its gradients as two canonical forward convs, each
     under a conditional on its flag; `every_gradient`: both, without conditionals (the flags
-    are ignored)."""
+    are ignored); `every_input_gradient`: the input gradient without one."""
     import jax
     import jax.numpy as jnp
 
@@ -105,7 +105,10 @@ def _jax_gated_conv(every_gradient=False):
 
         if every_gradient:
             return input_gradient(), weight_gradient(), None, None
-        dx = jax.lax.cond(need_inputs, input_gradient, lambda: jnp.zeros_like(x))
+        if every_input_gradient:
+            dx = input_gradient()
+        else:
+            dx = jax.lax.cond(need_inputs, input_gradient, lambda: jnp.zeros_like(x))
         dw = jax.lax.cond(need_weights, weight_gradient, lambda: jnp.zeros_like(w))
         return dx, dw, None, None
 
@@ -173,8 +176,15 @@ def _tf_gated_conv(x, w, need_weights, need_inputs, strides, padding, dilation, 
                                    dilations=strides)
                 return tf.transpose(out, [1, 2, 0, 3])
 
-            dx = tf.cond(need_inputs, input_gradient, lambda: tf.zeros_like(x_))
-            dw = tf.cond(need_weights, weight_gradient, lambda: tf.zeros_like(w_))
+            # a flag that is a Python True (known when tracing): no conditional
+            if need_inputs is True:
+                dx = input_gradient()
+            else:
+                dx = tf.cond(need_inputs, input_gradient, lambda: tf.zeros_like(x_))
+            if need_weights is True:
+                dw = weight_gradient()
+            else:
+                dw = tf.cond(need_weights, weight_gradient, lambda: tf.zeros_like(w_))
             return dx, dw
 
         return y, grad
@@ -195,7 +205,7 @@ def gated_conv(x, w, plan, strides, padding, dilation):
     if keras.backend.backend() == "tensorflow":
         import tensorflow as tf
 
-        need_weights, need_inputs = (tf.cast(flag, bool) for flag in plan[:2])
+        need_weights, need_inputs = (flag if flag is True else tf.cast(flag, bool) for flag in plan[:2])
         return _tf_gated_conv(tf.convert_to_tensor(x), tf.convert_to_tensor(w), need_weights, need_inputs,
                               strides, padding, dilation, canonical=plan[2] if len(plan) > 2 else True)
     import jax.numpy as jnp
@@ -203,4 +213,4 @@ def gated_conv(x, w, plan, strides, padding, dilation):
     x, w = jnp.asarray(x), jnp.asarray(getattr(w, "value", w))  # a Keras variable: its value
     every = plan[0] is True and plan[1] is True  # known when tracing: no conditional
     need_weights, need_inputs = (jnp.asarray(flag, bool) for flag in plan[:2])
-    return _jax_gated_conv(every)(x, w, need_weights, need_inputs, strides, padding, dilation)
+    return _jax_gated_conv(every, plan[1] is True)(x, w, need_weights, need_inputs, strides, padding, dilation)
