@@ -129,3 +129,32 @@ def test_repeated_runs_are_compared_ratio_by_ratio_with_their_median(tmp_path):
     rows = {line.split(" | ")[1]: line for line in bench.compare(paths).splitlines()[2:]}
     assert rows["dpf_freeze_step"].endswith("| 1.100 | 1.300 | 1.200 | 1.200 | >= 1.150 |")
     assert rows["skip_scale"].endswith("| 0.900 | 1.000 | - | 0.950 | - |")  # no FLOPs here: no goal
+
+
+@pytest.mark.skipif(keras.backend.backend() != "jax", reason="pure Python: once, in the jax run")
+def test_the_ideal_drop_path_freeze_count_matches_every_mask_enumerated(capsys):
+    """bench/dpf_ideal.py's closed form against a brute-force sum over every mask (6 units)."""
+    import itertools
+
+    from bench import dpf_ideal
+    from zoo.layers.drop_path import linear_drop_path_rates
+
+    units, rate = 6, 0.4
+    p = linear_drop_path_rates(rate, units)
+    plain, total, none = 3.0 * units, 0.0, 0.0
+    for mask in itertools.product((0, 1), repeat=units):  # 1 = dropped
+        prob = 1.0
+        for dropped, pl in zip(mask, p):
+            prob *= pl if dropped else 1.0 - pl
+        if not any(mask):
+            none += prob
+            total += prob * 2 * plain
+            continue
+        d, k = sum(mask), mask.index(1)
+        total += prob * ((plain - 3 * d) + (units + (units - 1 - k) + d))
+    got = dpf_ideal.ideal(units, rate)
+    assert got["none"] == pytest.approx(none, rel=1e-12)
+    assert got["mean_step"] == pytest.approx(total / (2 * plain), rel=1e-12)
+    assert got["speedup"] > 1.0 and dpf_ideal.ideal(units, 0.0)["speedup"] == pytest.approx(1.0)
+    dpf_ideal.main(["--units", "9", "--rate", "0.2"])
+    assert "| 9 | 0.2 |" in capsys.readouterr().out
