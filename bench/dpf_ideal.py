@@ -31,15 +31,14 @@ def ideal(units, rate):
     plain / mean step} for `units` residual units at DropPath rate `rate`."""
     p = [float(r) for r in linear_drop_path_rates(rate, units)]
     plain = 3.0 * units
-    none_before, none = 1.0, 1.0
+    none = 1.0  # P(no unit up to the current one is dropped)
     a = b = 0.0
     for k, pk in enumerate(p):
-        lowest = pk * none_before  # unit k is dropped, none below it is
-        none_before *= 1.0 - pk
+        lowest = pk * none  # unit k is dropped, none below it is
+        none *= 1.0 - pk
         dropped = 1.0 + sum(p[k + 1:])  # expected number dropped, given k is the lowest
         a += lowest * (plain - 3.0 * dropped)
         b += lowest * (units + (units - 1 - k) + dropped)
-    none = none_before
     some = 1.0 - none
     mean_step = (none * 2 * plain + a + b) / (2 * plain)
     return {"none": none, "a": a / some / plain if some else 1.0, "b": b / some / plain if some else 1.0,

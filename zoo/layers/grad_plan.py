@@ -63,10 +63,10 @@ def explicit_padding(padding, sizes, kernel_size, strides, dilation):
 
 
 @functools.cache
-def _jax_gated_conv(every_gradient=False, every_input_gradient=False):
+def _jax_gated_conv(every_weight_gradient=False, every_input_gradient=False):
     """The conv whose backward pass computes its gradients as two canonical forward convs, each
-    under a conditional on its flag; `every_gradient`: both, without conditionals (the flags
-    are ignored); `every_input_gradient`: the input gradient without one."""
+    under a conditional on its flag; `every_weight_gradient` / `every_input_gradient`: that
+    gradient always, without a conditional (its flag is ignored)."""
     import jax
     import jax.numpy as jnp
 
@@ -103,13 +103,10 @@ def _jax_gated_conv(every_gradient=False, every_input_gradient=False):
             )
             return out.transpose(1, 2, 0, 3).astype(w.dtype)
 
-        if every_gradient:
-            return input_gradient(), weight_gradient(), None, None
-        if every_input_gradient:
-            dx = input_gradient()
-        else:
-            dx = jax.lax.cond(need_inputs, input_gradient, lambda: jnp.zeros_like(x))
-        dw = jax.lax.cond(need_weights, weight_gradient, lambda: jnp.zeros_like(w))
+        dx = input_gradient() if every_input_gradient else jax.lax.cond(
+            need_inputs, input_gradient, lambda: jnp.zeros_like(x))
+        dw = weight_gradient() if every_weight_gradient else jax.lax.cond(
+            need_weights, weight_gradient, lambda: jnp.zeros_like(w))
         return dx, dw, None, None
 
     conv.defvjp(conv_fwd, conv_bwd)
@@ -176,16 +173,11 @@ def _tf_gated_conv(x, w, need_weights, need_inputs, strides, padding, dilation, 
                                    dilations=strides)
                 return tf.transpose(out, [1, 2, 0, 3])
 
-            # a flag that is a Python True (known when tracing): no conditional
-            if need_inputs is True:
-                dx = input_gradient()
-            else:
-                dx = tf.cond(need_inputs, input_gradient, lambda: tf.zeros_like(x_))
-            if need_weights is True:
-                dw = weight_gradient()
-            else:
-                dw = tf.cond(need_weights, weight_gradient, lambda: tf.zeros_like(w_))
-            return dx, dw
+            def where_needed(flag, gradient, like):
+                # a flag that is a Python True (known when tracing): no conditional
+                return gradient() if flag is True else tf.cond(flag, gradient, lambda: tf.zeros_like(like))
+
+            return where_needed(need_inputs, input_gradient, x_), where_needed(need_weights, weight_gradient, w_)
 
         return y, grad
 
@@ -211,6 +203,6 @@ def gated_conv(x, w, plan, strides, padding, dilation):
     import jax.numpy as jnp
 
     x, w = jnp.asarray(x), jnp.asarray(getattr(w, "value", w))  # a Keras variable: its value
-    every = plan[0] is True and plan[1] is True  # known when tracing: no conditional
+    known = (plan[0] is True, plan[1] is True)  # needed, known when tracing: no conditional
     need_weights, need_inputs = (jnp.asarray(flag, bool) for flag in plan[:2])
-    return _jax_gated_conv(every, plan[1] is True)(x, w, need_weights, need_inputs, strides, padding, dilation)
+    return _jax_gated_conv(*known)(x, w, need_weights, need_inputs, strides, padding, dilation)

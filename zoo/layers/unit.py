@@ -172,17 +172,20 @@ class BaseResidualUnit(keras.layers.Layer):
         if plan is not None and plan[1] is not True:
             arms.append(lambda: ops.stop_gradient(self._full(x, training)))
             conditions.append(ops.logical_not(plan[1]))
-        arms.append(lambda: self._full(x, training, plan))
+
+        def full():
+            if plan is None or plan[1] is True:
+                return self._full(x, training)
+            # taken only where the step needs the gradient of this unit's input (else the arm
+            # above is): the convs compute their input gradients without a conditional
+            with grad_plan.needed_gradients(plan[0], True, *plan[2:]):
+                return self._full(x, training)
+
+        arms.append(full)
         with fused.inside_conditional():  # the arms are conditionals: the sums need none of their own
             return _first_taken(conditions, arms, self.variables)
 
-    def _full(self, x, training, plan=None):
-        if plan is not None and plan[1] is not True:
-            # the arm that computes everything is taken only where the step needs the gradient
-            # of this unit's input (else the arm above is): its convs compute their input
-            # gradients without a conditional
-            with grad_plan.needed_gradients(plan[0], True, *plan[2:]):
-                return self._full(x, training)
+    def _full(self, x, training):
         branch, shortcut = self.branch_and_shortcut(x, training=training)
         return self.after_add(self.residual(shortcut, branch, training=training), training=training)
 
