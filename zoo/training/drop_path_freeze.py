@@ -448,7 +448,7 @@ else:
             if not self.optimizer.built:
                 self.optimizer.build(self.trainable_variables)
             guarded = self.guarded_variables()
-            if BACKEND == "torch" and self.skips_work():
+            if BACKEND == "torch" and self._plans_first():
                 # planned before the forward pass: only what this step freezes is kept aside
                 frozen, keep = self._plan_and_freeze(data)
                 old = self._snapshot(guarded, keep)
@@ -464,6 +464,16 @@ else:
                     value.requires_grad_(True)
             self._restore(guarded, old, keep)
             return logs
+
+        def _plans_first(self):
+            """Eager torch: whether the step is planned before its forward pass, its frozen
+            variables out of autograd. Every step that skips work, and the per-sample step
+            unless `skip_dropped=False`: it skips no branch, but its A steps freeze nothing (no
+            copy to keep) and its B steps train only the units dropped on some sample (no
+            gradient for the rest)."""
+            if self.granularity == "sample":
+                return self.skip_dropped is not False
+            return self.skips_work()
 
         def _plan_and_freeze(self, data):
             """Eager torch: plan the step before its forward pass and take the variables this
