@@ -301,31 +301,69 @@ def test_skip_module_registry_is_the_public_one():
 
 
 # === The residual sum as one kernel (zoo.layers.fused) ===
-@pytest.mark.parametrize("name", ["gate_exclusive", "gate_shortcut", "identity"])
-def test_residual_sum_is_the_calls_mapping_plus_its_branch(name):
-    """`add(x, F)` (the kernel a unit computes) = M(x) + the branch as `call` scales it, in
-    inference and in training."""
-    layer = built(name, bias_init=0.5, kernel_initializer="he_normal") if name != "identity" else built(name)
+SUM_CASES = {
+    "gate_exclusive": {"bias_init": 0.5, "kernel_initializer": "he_normal"},
+    "gate_shortcut": {"bias_init": 0.5, "kernel_initializer": "he_normal"},
+    "identity": {},
+    "orthogonal": {},
+    "orthogonal_learned": {"mode": "learned"},
+    "sparse": {"trainable_values": True},
+    "correlation": {},
+    "conv1x1": {"kernel_initializer": "he_normal"},
+    "conv1x1_norm": {"kernel_initializer": "he_normal", "norm": True},
+    # a blend of two linear mappings (one matmul by the blended matrix; torch: one addmm) and
+    # of a linear and a gate (both mappings applied, then mixed)
+    "blend": {"start": "identity", "end": "orthogonal", "steps": 10},
+    "blend_gate": {"start": "identity", "end": "gate_exclusive", "end_options": {"bias_init": 0.5}, "steps": 10},
+}
+
+
+LINEAR_SUMS = {"orthogonal", "orthogonal_learned", "sparse", "correlation", "conv1x1", "blend"}
+
+
+@pytest.mark.parametrize("case", SUM_CASES)
+def test_residual_sum_is_the_calls_mapping_plus_its_branch(case, monkeypatch):
+    """`add(x, F)` (the kernel a unit computes: on torch one `addmm` for the mappings linear in
+    the channels) = M(x) + the branch as `call` scales it, in inference and in training."""
+    from zoo.layers import fused
+
+    sums = []
+    linear_sum = fused.linear_sum
+    monkeypatch.setattr(fused, "linear_sum", lambda *t: sums.append(1) or linear_sum(*t))
     x, f = random_inputs(seed=1), random_inputs(seed=2)
-    mapped, branch = layer(x, f)
-    expected = to_numpy(mapped) + to_numpy(branch)
-    for training in (False, True):
-        np.testing.assert_allclose(to_numpy(layer.add(x, f, training=training)), expected, rtol=1e-5, atol=1e-6)
+    layer = zoo.make_skip(case.split("_")[0] if case.startswith(("orthogonal", "conv1x1", "blend")) else case,
+                          SUM_CASES[case])
+    layer.build(x.shape)
+    blend = case.startswith("blend")
+    for training in (False, True):  # conv1x1_norm: batch statistics in training
+        if blend:
+            layer.count.assign(3.0)  # partway: alpha = 0.3
+        mapped, branch = layer(x, f, training=training)
+        expected = to_numpy(mapped) + to_numpy(branch)
+        if blend:
+            layer.count.assign(3.0)
+        np.testing.assert_allclose(to_numpy(layer.add(x, f, training=training)), expected, rtol=1e-5, atol=1e-5)
+        if blend:  # a training call counts one step, as `call` does
+            assert float(to_numpy(layer.count)) == (4.0 if training else 3.0)
+    assert len(sums) == (2 if keras.backend.backend() == "torch" and case in LINEAR_SUMS else 0)
 
 
-def _one_step_weights(skip, x, y, plain, monkeypatch):
-    """Every weight of a tiny gated ResNet after one SGD step, its residual sums fused (the
-    default) or written as plain ops (`plain`), both traced and compiled by Keras' own step."""
+def _one_step_weights(skip, x, y, plain, monkeypatch, options=None):
+    """Every weight of a tiny ResNet after one SGD step, its residual sums fused (the default)
+    or written as plain ops (`plain`), both traced and compiled by Keras' own step."""
     from zoo.layers import fused
 
     with monkeypatch.context() as patch:
         if plain:
             patch.setattr(fused, "add", lambda a, b: a + b)
+            patch.setattr(fused, "linear_sum", lambda x, k, b: keras.ops.matmul(x, k) + b)
             patch.setattr(fused, "gated_sum", lambda x, k, b, br, scales, training=False:
                           fused._gated(x, keras.ops.matmul(x, k), b, br, scales))
         keras.utils.set_random_seed(0)
+        if options is None:
+            options = {"bias_init": 0.0, "kernel_initializer": "he_normal"}
         model = zoo.ResNet(stage_depths=(2, 1), stage_widths=(4, 8), input_shape=(8, 8, 3), num_classes=3,
-                           skip=skip, skip_options={"bias_init": 0.0, "kernel_initializer": "he_normal"})
+                           skip=skip, skip_options=options)
         model.compile(optimizer=keras.optimizers.SGD(0.5),
                       loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
         model.train_on_batch(x, y)
@@ -347,6 +385,27 @@ def test_fused_gate_trains_as_its_formula_does(skip, monkeypatch):
         np.testing.assert_allclose(fused_step[path], value, rtol=1e-4, atol=1e-6, err_msg=path)
         moved += "gate" in path
     assert moved == 6  # 3 units, a kernel and a bias each
+
+
+@pytest.mark.parametrize("skip, options, trained", [
+    ("conv1x1", {"kernel_initializer": "he_normal"}, "skip/kernel"),
+    ("orthogonal", {"mode": "learned"}, "cayley"),
+    ("blend", {"start": "orthogonal", "start_options": {"mode": "learned"}, "end": "identity", "steps": 2}, "cayley"),
+])
+def test_linear_sum_trains_as_matmul_plus_add(skip, options, trained, monkeypatch):
+    """The sums of the mappings linear in the channels (torch: one `addmm`) give the step that
+    a matmul and an add give, the mapping's own trained weights included."""
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((6, 8, 8, 3)).astype("float32")
+    y = rng.integers(0, 3, 6).astype("int32")
+    fused_step = _one_step_weights(skip, x, y, False, monkeypatch, options)
+    plain_step = _one_step_weights(skip, x, y, True, monkeypatch, options)
+    assert fused_step.keys() == plain_step.keys()
+    moved = 0
+    for path, value in plain_step.items():
+        np.testing.assert_allclose(fused_step[path], value, rtol=1e-4, atol=1e-6, err_msg=path)
+        moved += trained in path and not np.allclose(value, 0.0)
+    assert moved == 3, moved  # 3 units' mapping weights trained
 
 
 def test_gate_model_has_forward_mode_derivatives_in_inference():
