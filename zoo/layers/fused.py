@@ -26,7 +26,8 @@ their own.
 Elsewhere the sums are plain ops: on a GPU (`lax.platform_dependent`), under a
 keras.distribution (a predicate read from a sharded tensor would need a collective per
 unit), and on tensorflow. On torch the gates' mixes are torch's own fused kernels
-(`torch.lerp`, `torch.addcmul`): one kernel where the ops take three (see `gated_sum`).
+(`torch.lerp`, `torch.addcmul`): one kernel where the ops take three (see `gated_sum`); the sum
+of a mapping linear in the channels is one `torch.addmm` (see `linear_sum`).
 """
 
 import contextlib

@@ -99,7 +99,8 @@ class _DropPathFreezeBase(keras.Model):
             of step (`kind_dispatched_step`: A steps skip only when they drop enough units to
             pay for the conditionals, B steps plan their gradients).
             True skips in every step; False computes every branch and gradient and multiplies
-            the dropped branches by 0.
+            the dropped branches by 0. With per-sample masks no branch is skipped; on eager
+            torch the step's frozen variables still leave autograd, unless False.
 
     The wrapper's call is the model's call. It serializes (get_config holds the wrapped model's
     config), so keras.callbacks.ModelCheckpoint (".keras" or ".weights.h5") and BackupAndRestore
