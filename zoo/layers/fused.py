@@ -134,7 +134,8 @@ def add(mapped, branch):
 
 
 # On torch a mapping linear in the channels adds the branch in its matmul's kernel
-# (`linear_sum`); elsewhere the matmul and the add stay two ops (XLA fuses or places them).
+# (`linear_sum`, taken by `SkipMapping.add`); elsewhere the matmul and the add stay two ops
+# (XLA fuses or places them).
 SUMS_IN_MATMUL = BACKEND == "torch"
 
 
@@ -143,19 +144,16 @@ def linear_sum(x, kernel, branch):
     a mapping linear in the channels (the matrix mappings, a blend of them, conv1x1 without
     its BatchNorm).
 
-    - torch: one `addmm` on the (rows, C) views, the branch as its addend: one kernel
-      forward, where a matmul and an add take two; its backward pass is the matmul's.
-      Speed / identity's in the bench (ResNet-20, 16 px, batch 32; medians of three runs
-      each, alternating, README "2026-12-05 (Intel Xeon, midnight)"): orthogonal 0.947 ->
-      0.983, sparse 0.945 -> 0.976, correlation 0.931 -> 0.953, conv1x1 0.925 -> 0.958, blend
-      0.918 -> 0.961 (its blended matrix now in torch ops too, `BlendSkip.add`).
-    - elsewhere: the matmul, then `add`."""
-    if BACKEND == "torch":
-        import torch
+    Torch only (taken where `SUMS_IN_MATMUL`): one `addmm` on the (rows, C) views, the branch
+    as its addend: one kernel forward, where a matmul and an add take two; its backward pass is
+    the matmul's. Speed / identity's in the bench (ResNet-20, 16 px, batch 32; medians of three
+    runs each, alternating, README "2026-12-05 (Intel Xeon, midnight)"): orthogonal 0.947 ->
+    0.983, sparse 0.945 -> 0.976, correlation 0.931 -> 0.953, conv1x1 0.925 -> 0.958, blend
+    0.918 -> 0.961 (its blended matrix in torch ops too, `BlendSkip.add`)."""
+    import torch
 
-        channels = x.shape[-1]
-        return torch.addmm(branch.reshape(-1, channels), x.reshape(-1, channels), kernel).view(x.shape)
-    return add(ops.matmul(x, kernel), branch)
+    channels = x.shape[-1]
+    return torch.addmm(branch.reshape(-1, channels), x.reshape(-1, channels), kernel).view(x.shape)
 
 
 def gated_sum(x, kernel, bias, branch, scales_branch, training=False):

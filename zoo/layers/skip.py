@@ -165,10 +165,24 @@ class SkipMapping(keras.layers.Layer):
         mapped = self.map(x)
         return mapped if branch is None else (mapped, branch)
 
+    def summed_kernel(self, channels):
+        """K (channels x channels) with M(x) = x K and the branch unscaled, which `add` may
+        compute as one matmul with the branch as its addend (torch: `fused.linear_sum`); None
+        where `add` adds what `call` returns. Unlike `linear_kernel` it may be trainable
+        (conv1x1), and identity has none (its sum needs no matmul)."""
+        return None
+
     def add(self, x, branch, training=None):
         """The residual sum M(x) + branch, the branch scaled as M imposes: what a residual unit
         computes, with its branch after DropPath. The default adds what `call` returns, the add
-        a kernel of its own (zoo.layers.fused); the gates compute their mix and the sum in one."""
+        a kernel of its own (zoo.layers.fused), or on torch, for a mapping with a
+        `summed_kernel`, one matmul with the branch as its addend; the gates compute their mix
+        and the sum in one."""
+        if fused.SUMS_IN_MATMUL:
+            x = ops.convert_to_tensor(x)
+            kernel = self.summed_kernel(x.shape[-1])
+            if kernel is not None:
+                return fused.linear_sum(x, ops.cast(kernel, x.dtype), ops.convert_to_tensor(branch))
         mapped, branch = self(x, branch, training=training)
         return fused.add(mapped, branch)
 
@@ -233,11 +247,8 @@ class MatrixSkip(SkipMapping):
     def map(self, x):
         return ops.matmul(x, ops.cast(self.linear_kernel(x.shape[-1]), x.dtype))
 
-    def add(self, x, branch, training=None):
-        if not fused.SUMS_IN_MATMUL:
-            return super().add(x, branch, training=training)
-        x, branch = ops.convert_to_tensor(x), ops.convert_to_tensor(branch)  # torch: one addmm
-        return fused.linear_sum(x, ops.cast(self.linear_kernel(x.shape[-1]), x.dtype), branch)
+    def summed_kernel(self, channels):
+        return self.linear_kernel(channels)
 
     def get_config(self):
         return {**super().get_config(), "seed": self.seed, "index": self.index}
@@ -422,11 +433,8 @@ class Conv1x1Skip(SkipMapping):
             mapped = self.batch_norm(mapped, training=training)
         return mapped if branch is None else (mapped, branch)
 
-    def add(self, x, branch, training=None):
-        if not fused.SUMS_IN_MATMUL or self.batch_norm is not None:
-            return super().add(x, branch, training=training)
-        x, branch = ops.convert_to_tensor(x), ops.convert_to_tensor(branch)  # torch: one addmm
-        return fused.linear_sum(x, ops.cast(self.kernel, x.dtype), branch)
+    def summed_kernel(self, channels):
+        return self.kernel if self.batch_norm is None else None
 
     def get_config(self):
         return {
@@ -736,16 +744,19 @@ class BlendSkip(SkipMapping):
             self.count.assign(self.count + 1.0)
         return alpha
 
-    def _blended_kernel(self, x, alpha):
-        """Where both mappings are linear in the channels (identity, the matrix mappings): the
-        blended matrix, one matmul instead of two maps and a mix (exact at a = 0 and a = 1).
-        Else None."""
+    def _kernels(self, x):
+        """(K0, K1) where both mappings are linear in the channels (identity, the matrix
+        mappings): their blend is one matmul by the blended matrix instead of two maps and a
+        mix (exact at a = 0 and a = 1). Else None."""
         channels = self._channels(x.shape)
         k0, k1 = self.start_skip.linear_kernel(channels), self.end_skip.linear_kernel(channels)
-        if k0 is None or k1 is None:
+        return None if k0 is None or k1 is None else (ops.cast(k0, "float32"), ops.cast(k1, "float32"))
+
+    def _blended_kernel(self, x, alpha):
+        kernels = self._kernels(x)
+        if kernels is None:
             return None
-        kernel = (1.0 - alpha) * ops.cast(k0, "float32") + alpha * ops.cast(k1, "float32")
-        return ops.cast(kernel, x.dtype)
+        return ops.cast((1.0 - alpha) * kernels[0] + alpha * kernels[1], x.dtype)
 
     def add(self, x, branch, training=None):
         if not fused.SUMS_IN_MATMUL:
@@ -756,18 +767,15 @@ class BlendSkip(SkipMapping):
         import torch
 
         x, branch = ops.convert_to_tensor(x), ops.convert_to_tensor(branch)
-        channels = self._channels(x.shape)
-        k0, k1 = self.start_skip.linear_kernel(channels), self.end_skip.linear_kernel(channels)
-        if k0 is None or k1 is None:
-            alpha = self._advance(training)
-            return fused.add(*self._mix(x, branch, alpha, training))
+        kernels = self._kernels(x)
+        if kernels is None:
+            return fused.add(*self._mix(x, branch, self._advance(training), training))
         count = self.count.value
         with torch.no_grad():
             alpha = torch.clamp(count / float(self.steps), max=1.0)
         if training:
             self.count.assign(count + 1.0)
-        k0, k1 = ops.convert_to_tensor(k0, "float32"), ops.convert_to_tensor(k1, "float32")
-        return fused.linear_sum(x, torch.lerp(k0, k1, alpha).to(x.dtype), branch)
+        return fused.linear_sum(x, torch.lerp(*kernels, alpha).to(x.dtype), branch)
 
     def call(self, x, branch=None, training=None):
         alpha = self._advance(training)
