@@ -446,3 +446,31 @@ def test_residual_sums_are_conditionals_on_jax_unless_inside_one():
     kernel = np.eye(4, dtype="float32")
     gated = jax.make_jaxpr(lambda *t: fused.gated_sum(*t, True, training=True))(x, kernel, bias, x)
     assert "custom_vjp" in str(gated) and str(gated).count("cond[") > plain
+
+
+def test_channel_matmul_is_the_matmul_its_kernel_gradient_a_2d_product():
+    """`fused.channel_matmul` (the gates' 1x1 conv, conv1x1's) equals x @ kernel with its
+    gradients, on 2-D to 4-D inputs; on jax the kernel's gradient is one 2-D product of the
+    (rows, C) views, not a contraction over batch and space."""
+    from zoo.layers import fused
+    from zoo.analysis import autodiff
+
+    rng = np.random.default_rng(0)
+    kernel = rng.standard_normal((4, 5)).astype("float32")
+    for shape in ((6, 4), (2, 3, 4), (2, 3, 3, 4)):
+        x = rng.standard_normal(shape).astype("float32")
+        np.testing.assert_allclose(keras.ops.convert_to_numpy(fused.channel_matmul(x, kernel)), x @ kernel,
+                                   rtol=1e-5, atol=1e-5)
+        u = rng.standard_normal(shape[:-1] + (5,)).astype("float32")
+        _, dx = autodiff.vjp(lambda t: fused.channel_matmul(t, kernel), x, u)
+        np.testing.assert_allclose(keras.ops.convert_to_numpy(dx), u @ kernel.T, rtol=1e-5, atol=1e-5)
+        _, dk = autodiff.vjp(lambda k: fused.channel_matmul(x, k), kernel, u)
+        expected = x.reshape(-1, 4).T @ u.reshape(-1, 5)
+        np.testing.assert_allclose(keras.ops.convert_to_numpy(dk), expected, rtol=1e-4, atol=1e-4)
+    if keras.backend.backend() == "jax":
+        import jax
+
+        x = rng.standard_normal((2, 3, 3, 4)).astype("float32")
+        grad = jax.make_jaxpr(jax.grad(lambda k: fused.channel_matmul(x, k).sum()))(kernel)
+        dots = [e for e in grad.jaxpr.eqns if e.primitive.name == "dot_general"]
+        assert dots and all(v.aval.ndim == 2 for e in dots for v in e.invars), grad

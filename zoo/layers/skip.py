@@ -356,7 +356,7 @@ class _GateSkip(SkipMapping):
         )
 
     def gate(self, x):
-        return ops.sigmoid(ops.matmul(x, self.gate_kernel) + self.gate_bias)
+        return ops.sigmoid(fused.channel_matmul(x, self.gate_kernel) + self.gate_bias)
 
     def call(self, x, branch=None):
         g = self.gate(x)
@@ -428,7 +428,7 @@ class Conv1x1Skip(SkipMapping):
             self.batch_norm.build(tuple(input_shape))
 
     def call(self, x, branch=None, training=None):
-        mapped = ops.matmul(x, self.kernel)
+        mapped = fused.channel_matmul(x, self.kernel)
         if self.batch_norm is not None:
             mapped = self.batch_norm(mapped, training=training)
         return mapped if branch is None else (mapped, branch)
