@@ -153,6 +153,28 @@ def test_a_unit_skips_its_dropped_branch_only_where_it_can_give_the_shortcut_alo
     assert not _can_skip_branch(ResidualRNNCell)
 
 
+def test_a_unit_at_rate_zero_has_no_conditional_for_dropping():
+    """The linear schedule's first unit (rate 0) is never dropped: with batch masks the step gives
+    it the Python multiplier 1, so it has no conditional for dropping its branch; the other units
+    get the step's multipliers (tensors inside a compiled step). Its values: the exactness tests."""
+    model, trainer = make(keras.optimizers.SGD(0.05))
+    units = model.residual_units
+    assert units[0].drop_path.rate == 0.0 and all(u.drop_path.rate > 0 for u in units[1:])
+    for granularity, first_is_python in (("batch", True), ("sample", False)):
+        trainer.granularity = granularity
+        trainer.plan_step(16)
+        try:
+            first = units[0].drop_path._forced[0]
+            assert isinstance(first, float) == first_is_python, (granularity, first)
+            if first_is_python:
+                assert first == 1.0 and units[0].drop_path.forced_batch_multiplier() == 1.0
+            if keras.backend.backend() != "torch":  # eager torch: every multiplier a Python number
+                assert not any(isinstance(u.drop_path._forced[0], float) for u in units[1:])
+        finally:
+            trainer.release()
+    assert all(u.drop_path._forced is None for u in units)
+
+
 def test_b_step_reuses_the_mask_of_its_a_step():
     model, trainer = make(keras.optimizers.SGD(0.05))
     masks = []

@@ -165,7 +165,8 @@ class BaseResidualUnit(keras.layers.Layer):
         # trains), the unit runs forward with its output cut from the gradient: no backward
         # pass through it at all (the convs' plans alone leave its BatchNorms and activations).
         arms, conditions = [], []
-        if multiplier is not None:
+        if multiplier is not None and not (isinstance(multiplier, float) and multiplier != 0):
+            # a Python number other than 0 (a unit the step never drops): no arm for it
             arms.append(lambda: self.after_add(
                 self.skip(self.shortcut_only(x, training=training), training=training), training=training))
             conditions.append(multiplier == 0 if isinstance(multiplier, float) else ops.equal(multiplier, 0))
@@ -181,6 +182,8 @@ class BaseResidualUnit(keras.layers.Layer):
             with grad_plan.needed_gradients(plan[0], True, *plan[2:]):
                 return self._full(x, training)
 
+        if not arms:  # nothing to choose (a unit never dropped, all its gradients needed)
+            return self._full(x, training)
         arms.append(full)
         with fused.inside_conditional():  # the arms are conditionals: the sums need none of their own
             return _first_taken(conditions, arms, self.variables)

@@ -225,10 +225,14 @@ class _DropPathFreezeBase(keras.Model):
             # decides to skip its branch, and DropPath scales it, without a tensor op each
             multiplier = ops.convert_to_numpy(multiplier).tolist()
         for i, unit in enumerate(self.model.residual_units):
-            grad_gate = None
             if self.granularity == "sample":
-                grad_gate = (1.0 - b) + b * dropped[i]
-            unit.drop_path.force(multiplier[i], grad_gate, skippable=skips)
+                unit.drop_path.force(multiplier[i], (1.0 - b) + b * dropped[i], skippable=skips)
+            else:
+                # a unit at rate 0 (the first of the linear schedule) is never dropped: its
+                # multiplier is 1 in every step (mask / 1 in A steps, 1 in B steps), a Python
+                # number here, so the unit has no conditional for dropping its branch
+                never_dropped = self.keep_probs[i] == 1.0
+                unit.drop_path.force(1.0 if never_dropped else multiplier[i], skippable=skips)
             if plans and hasattr(unit, "plan_gradients"):
                 if kind == "dropping":  # an A step trains every unit it computes
                     unit.plan_gradients(True, True, xla=xla)
