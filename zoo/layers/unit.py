@@ -165,11 +165,12 @@ class BaseResidualUnit(keras.layers.Layer):
         # trains), the unit runs forward with its output cut from the gradient: no backward
         # pass through it at all (the convs' plans alone leave its BatchNorms and activations).
         arms, conditions = [], []
-        if multiplier is not None and not (isinstance(multiplier, float) and multiplier != 0):
-            # a Python number other than 0 (a unit the step never drops): no arm for it
+        dropped = None if multiplier is None else (
+            multiplier == 0 if isinstance(multiplier, float) else ops.equal(multiplier, 0))
+        if dropped is not None and dropped is not False:  # a Python number other than 0: no arm
             arms.append(lambda: self.after_add(
                 self.skip(self.shortcut_only(x, training=training), training=training), training=training))
-            conditions.append(multiplier == 0 if isinstance(multiplier, float) else ops.equal(multiplier, 0))
+            conditions.append(dropped)
         if plan is not None and plan[1] is not True:
             arms.append(lambda: ops.stop_gradient(self._full(x, training)))
             conditions.append(ops.logical_not(plan[1]))
