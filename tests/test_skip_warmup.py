@@ -136,3 +136,27 @@ def test_a_blend_of_linear_mappings_is_one_matmul_by_the_blended_matrix(start, s
     assert blend(x, f)[1] is f  # the branch, unscaled by both, passes through
     blend.count.assign(4.0)
     np.testing.assert_allclose(to_numpy(blend(x)), end_out, rtol=1e-6, atol=1e-6)
+
+
+def test_a_warm_up_from_conv1x1_sums_as_conv1x1_does(monkeypatch):
+    """At a = 0 the blend's residual sum is conv1x1's own, bit for bit, on every backend. On torch
+    both are one addmm with the branch as its addend (`fused.linear_sum`): a matmul followed by
+    an add rounds differently from one addmm on some CPUs (1 ulp on an AMD EPYC)."""
+    from zoo.layers import fused
+
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal((4, 5, 5, 8)).astype("float32")
+    branch = rng.standard_normal((4, 5, 5, 8)).astype("float32")
+    conv = zoo.layers.make_skip("conv1x1", {})
+    conv.build(x.shape)
+    conv.kernel.assign(rng.standard_normal((8, 8)).astype("float32"))
+    blend = zoo.layers.make_skip("blend", {"start": "conv1x1", "end": "sparse", "end_options": {"k": 2}, "steps": 3})
+    blend.build(x.shape)
+    blend.start_skip.kernel.assign(to_numpy(conv.kernel))
+    sums = []
+    monkeypatch.setattr(fused, "linear_sum", lambda *a, _sum=fused.linear_sum: sums.append(1) or _sum(*a))
+    expected = to_numpy(conv.add(x, branch, training=False))
+    calls = len(sums)
+    np.testing.assert_array_equal(to_numpy(blend.add(x, branch, training=False)), expected)
+    if keras.backend.backend() == "torch":
+        assert calls == 1 and len(sums) == 2  # both sums are one addmm
