@@ -744,25 +744,22 @@ class BlendSkip(SkipMapping):
             self.count.assign(self.count + 1.0)
         return alpha
 
-    def _kernels(self, x):
+    def _kernels(self, x, summed=False):
         """(K0, K1) where both mappings are linear in the channels (identity, the matrix
         mappings): their blend is one matmul by the blended matrix instead of two maps and a
-        mix (exact at a = 0 and a = 1). Else None."""
-        channels = self._channels(x.shape)
-        k0, k1 = self.start_skip.linear_kernel(channels), self.end_skip.linear_kernel(channels)
-        return None if k0 is None or k1 is None else (ops.cast(k0, "float32"), ops.cast(k1, "float32"))
+        mix (exact at a = 0 and a = 1). Else None.
 
-    def _summed_kernels(self, x):
-        """Torch's sum: (K0, K1) where each mapping's own sum is one matmul by K with the branch
-        unscaled (its `summed_kernel`, a learned conv1x1's included, else its `linear_kernel`).
-        The blend's sum is then one `addmm` by lerp(K0, K1, a), which is at a = 0 the trained
-        model's own sum, rounding included: a matmul followed by an add rounds differently from
-        one `addmm` on some CPUs (AMD EPYC, torch 2.13: 1 ulp in 11 of 24 logits of a conv1x1
-        model). Else None."""
+        With `summed` (torch's sum), each mapping's own sum kernel is taken first where it has
+        one (its `summed_kernel`: the sum is one matmul by K with the branch unscaled, a learned
+        conv1x1's included), its `linear_kernel` else. The blend's sum is then one `addmm` by
+        lerp(K0, K1, a), which is at a = 0 the trained model's own sum, rounding included: a
+        matmul followed by an add rounds differently from one `addmm` on some CPUs (AMD EPYC,
+        torch 2.13: 1 ulp in 11 of 24 logits of a conv1x1 model). `call` keeps the
+        `linear_kernel`s alone, which jax and tensorflow need to be exact at a = 0 and 1."""
         channels = self._channels(x.shape)
         kernels = []
         for skip in (self.start_skip, self.end_skip):
-            kernel = skip.summed_kernel(channels)
+            kernel = skip.summed_kernel(channels) if summed else None
             kernel = skip.linear_kernel(channels) if kernel is None else kernel
             if kernel is None:
                 return None
@@ -784,7 +781,7 @@ class BlendSkip(SkipMapping):
         import torch
 
         x, branch = ops.convert_to_tensor(x), ops.convert_to_tensor(branch)
-        kernels = self._summed_kernels(x)
+        kernels = self._kernels(x, summed=True)
         if kernels is None:
             return fused.add(*self._mix(x, branch, self._advance(training), training))
         count = self.count.value
