@@ -161,9 +161,9 @@ def linear_sum(x, kernel, branch):
     Torch only (taken where `SUMS_IN_MATMUL`): one `addmm` on the (rows, C) views, the branch
     as its addend: one kernel forward, where a matmul and an add take two; its backward pass is
     the matmul's. Speed / identity's in the bench (ResNet-20, 16 px, batch 32; medians of three
-    runs each, alternating, README "2026-12-05 (Intel Xeon, midnight)"): orthogonal 0.947 ->
-    0.983, sparse 0.945 -> 0.976, correlation 0.931 -> 0.953, conv1x1 0.925 -> 0.958, blend
-    0.918 -> 0.961 (its blended matrix in torch ops too, `BlendSkip.add`)."""
+    runs each, alternating, docs/benchmarks-cpu-log.md "2026-12-05 (Intel Xeon, midnight)"):
+    orthogonal 0.947 -> 0.983, sparse 0.945 -> 0.976, correlation 0.931 -> 0.953, conv1x1
+    0.925 -> 0.958, blend 0.918 -> 0.961 (its blended matrix in torch ops too, `BlendSkip.add`)."""
     import torch
 
     channels = x.shape[-1]
@@ -189,7 +189,7 @@ def gated_sum(x, kernel, bias, branch, scales_branch, training=False):
     x - g x + branch takes three. Speed / identity's, ResNet-20 (16 px, batch 32), 16 rounds
     alternating in one process, before -> after this form and the bias in the matmul: torch
     shortcut 0.874 -> 0.895, exclusive 0.878 -> 0.884; tensorflow shortcut 0.868 -> 0.877,
-    exclusive 0.836 -> 0.850 (README, "2026-12-05 (Intel Xeon, evening)")."""
+    exclusive 0.836 -> 0.850 (docs/benchmarks-cpu-log.md, "2026-12-05 (Intel Xeon, evening)")."""
     if BACKEND == "torch":
         import torch
         import torch.nn.functional as F

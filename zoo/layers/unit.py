@@ -256,8 +256,8 @@ def _first_taken(conditions, arms, variables):
     # pass reads from the forward crosses the conditional as outputs XLA writes out and cannot
     # fuse into their consumers (BatchNorm's centred inputs, masks, copies of the arm's inputs);
     # recomputing the elementwise ones inside the backward arm is cheaper (ResNet-56's
-    # DropPathFreeze step 1.06x -> 1.41x the plain step, medians of three runs, README). No CSE to prevent inside a
-    # conditional: prevent_cse=False.
+    # DropPathFreeze step 1.06x -> 1.41x the plain step, medians of three runs,
+    # docs/benchmarks-cpu-log.md). No CSE to prevent inside a conditional: prevent_cse=False.
     arms = [jax.checkpoint(arm(fn), policy=_saves_products, prevent_cse=False) for fn in arms]
     out, values = jax.lax.switch(index, arms)
     for v, value in zip(state, values):
