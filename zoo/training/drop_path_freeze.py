@@ -66,9 +66,9 @@ def _plain_intermediates():
     DropPathFreeze / plain step on tensorflow, three runs each alternating, before -> after
     (this 2-core Intel Xeon, docs/benchmarks-cpu-log.md "2026-12-05 (Intel Xeon, night)"):
     ResNet-20 1.074, 1.050, 1.065 -> 1.097, 1.084, 1.080; ResNet-56 1.177, 1.181, 1.173 ->
-    1.191, 1.173, 1.187. A private
-    TensorFlow switch (`context.temporarily_disable_optionals_in_gradients`): where it is missing,
-    TensorFlow's default."""
+    1.191, 1.173, 1.187. A private TensorFlow switch
+    (`context.temporarily_disable_optionals_in_gradients`): where it is missing, TensorFlow's
+    default."""
     if BACKEND != "tensorflow":
         return contextlib.nullcontext()
     from tensorflow.python.eager import context
