@@ -28,6 +28,7 @@ import contextlib
 import warnings
 
 import keras
+import numpy as np
 from keras import ops
 
 from zoo.errors import check_choice, check_range
@@ -124,6 +125,10 @@ class _DropPathFreezeBase(keras.Model):
         self.model = model
         self.unit_names = [u.name for u in units]
         self.keep_probs = [1.0 - float(u.drop_path.rate) for u in units]
+        # read every step: the units once (the model's property walks its layers by name each
+        # time) and the keep probabilities as one array (not converted from a list each step)
+        object.__setattr__(self, "_units", tuple(units))
+        object.__setattr__(self, "_keep_probs", np.asarray(self.keep_probs, dtype="float32"))
         self.mask_seed = keras.random.SeedGenerator(seed, name="mask_seed")
         num_units = len(units)
         self.step_count = self.add_weight(name="step_count", shape=(), dtype="int32", initializer="zeros", trainable=False)
@@ -140,7 +145,7 @@ class _DropPathFreezeBase(keras.Model):
 
     @property
     def residual_units(self):
-        return self.model.residual_units
+        return list(self._units)
 
     # === Serialization: ModelCheckpoint(".keras") and load_model see a whole trainer ===
     def get_config(self):
@@ -167,7 +172,7 @@ class _DropPathFreezeBase(keras.Model):
         """This step's mask, drawn (A) or replayed (B): (dropped, keep, probs, scheduled_b), 1 =
         dropped / kept. Advances the generator, the replay state and the step counter."""
         num_units = len(self.unit_names)
-        keep_probs = ops.convert_to_tensor(self.keep_probs, dtype="float32")
+        keep_probs = ops.convert_to_tensor(self._keep_probs)
         count = _read(self.step_count)
         period = self.freeze_every + 1
         scheduled_b = (
@@ -191,7 +196,7 @@ class _DropPathFreezeBase(keras.Model):
         """Draw or replay this step's mask; set the DropPaths and the update flags."""
         num_units = len(self.unit_names)
         dropped, keep, probs, scheduled_b = self._draw_mask(batch_size)
-        keep_probs = ops.convert_to_tensor(self.keep_probs, dtype="float32")
+        keep_probs = ops.convert_to_tensor(self._keep_probs)
         is_b = ops.logical_and(scheduled_b, ops.sum(dropped) > 0)
 
         b = ops.cast(is_b, "float32")
@@ -225,7 +230,7 @@ class _DropPathFreezeBase(keras.Model):
             # eager torch: the per-unit multipliers as Python floats, read once; a unit then
             # decides to skip its branch, and DropPath scales it, without a tensor op each
             multiplier = ops.convert_to_numpy(multiplier).tolist()
-        for i, unit in enumerate(self.model.residual_units):
+        for i, unit in enumerate(self._units):
             if self.granularity == "sample":
                 unit.drop_path.force(multiplier[i], (1.0 - b) + b * dropped[i], skippable=skips)
             else:
@@ -241,7 +246,7 @@ class _DropPathFreezeBase(keras.Model):
                     unit.plan_gradients(unit_update[i] > 0, below[i], xla=xla)
 
     def release(self):
-        for unit in self.model.residual_units:
+        for unit in self._units:
             unit.drop_path.force(None)
             if hasattr(unit, "plan_gradients"):
                 unit.plan_gradients(None)
@@ -265,7 +270,7 @@ class _DropPathFreezeBase(keras.Model):
             return self._guard_cache
         num_units = len(self.unit_names)
         owner = {}
-        for i, unit in enumerate(self.model.residual_units):
+        for i, unit in enumerate(self._units):
             for v in unit.variables:
                 owner[id(v)] = i
         # The wrapper's own variables (mask generator, flags, counter) are not the model's.
@@ -360,7 +365,6 @@ if BACKEND == "jax":
             import functools
 
             import jax
-            import numpy as np
 
             def of_kind(kind, state, data):
                 object.__setattr__(self, "_kind", kind)
@@ -494,7 +498,7 @@ else:
                 return [], keep
             # requires_grad marks the trainable variables (Keras' torch variables carry it), read
             # fresh: no walk over the model's layers for `trainable_variables` every step
-            frozen = [v.value for v, i in self.guarded_variables() if not keep[i] and v.value.requires_grad]
+            frozen = [value for v, i in self.guarded_variables() if not keep[i] and (value := v.value).requires_grad]
             for value in frozen:
                 value.requires_grad_(False)
             return frozen, keep
