@@ -265,9 +265,13 @@ class _DropPathFreezeBase(keras.Model):
     # === Which variables a step may change ===
     def guarded_variables(self):
         """[(variable, flag index)]: model variables and optimizer slots with the unit that owns
-        them (index = unit position) or len(units) for the rest of the model."""
-        if self._guard_cache is not None:
-            return self._guard_cache
+        them (index = unit position) or len(units) for the rest of the model. Worked out again
+        for another optimizer (`compile` again) or once its slots are built."""
+        optimizer = getattr(self, "optimizer", None)
+        key = (optimizer, len(getattr(optimizer, "variables", [])))
+        cache = self._guard_cache
+        if cache is not None and cache[0][0] is key[0] and cache[0][1] == key[1]:
+            return cache[1]
         num_units = len(self.unit_names)
         owner = {}
         for i, unit in enumerate(self._units):
@@ -280,13 +284,13 @@ class _DropPathFreezeBase(keras.Model):
             ((v.path.replace("/", "_") + "_", owner.get(id(v), num_units)) for v in self.trainable_variables),
             key=lambda item: -len(item[0]),
         )
-        for slot in getattr(self.optimizer, "variables", []):
+        for slot in getattr(optimizer, "variables", []):
             name = slot.name
             for prefix, index in by_prefix:
                 if name.startswith(prefix):
                     guarded.append((slot, index))
                     break
-        object.__setattr__(self, "_guard_cache", guarded)  # a cache, not state to track
+        object.__setattr__(self, "_guard_cache", (key, guarded))  # a cache, not state to track
         return guarded
 
     def skips_work(self):
@@ -498,10 +502,22 @@ else:
                 return [], keep
             # requires_grad marks the trainable variables (Keras' torch variables carry it), read
             # fresh: no walk over the model's layers for `trainable_variables` every step
-            frozen = [value for v, i in self.guarded_variables() if not keep[i] and (value := v.value).requires_grad]
+            frozen = [value for value, i in self._torch_values() if not keep[i] and value.requires_grad]
             for value in frozen:
                 value.requires_grad_(False)
             return frozen, keep
+
+        def _torch_values(self):
+            """Eager torch: [(tensor, flag index)] of `guarded_variables()`, read once. A Keras
+            variable's `value` on torch checks its scopes and device at every read (1.3 us, some
+            200 reads a step on ResNet-20); the tensor behind it stays the same, Keras assigns
+            in place."""
+            guarded = self.guarded_variables()
+            cached = getattr(self, "_torch_value_cache", None)
+            if cached is None or cached[0] is not guarded:
+                cached = (guarded, [(v.value, i) for v, i in guarded])
+                object.__setattr__(self, "_torch_value_cache", cached)  # a cache, not state to track
+            return cached[1]
 
         def _snapshot(self, guarded, keep=None):
             """The values a step may have to restore. `keep` (eager torch, the step planned
@@ -513,7 +529,7 @@ else:
             # Eager torch: plain tensor clones (bit for bit, -0.0 and NaN payloads included),
             # without the per-variable dispatch of keras ops.
             with torch.no_grad():
-                return [v.value.clone() if keep is None or not keep[i] else None for v, i in guarded]
+                return [value.clone() if keep is None or not keep[i] else None for value, i in self._torch_values()]
 
         def _restore(self, guarded, old, keep=None):
             """Put back the variables this step froze. `keep`: the per-flag plan where the step
@@ -527,9 +543,9 @@ else:
                 # back only the frozen variables in place, not a `where` per variable.
                 keep = (flags > 0).tolist() if keep is None else keep
                 with torch.no_grad():
-                    for (v, i), o in zip(guarded, old):
+                    for (value, i), o in zip(self._torch_values(), old):
                         if not keep[i]:
-                            v.value.copy_(o)
+                            value.copy_(o)
             elif _distributed():  # tf.distribute: no assigns to mirrored variables inside a cond
                 for (v, i), o in zip(guarded, old):
                     v.assign(ops.where(flags[i] > 0, v.value, o))
