@@ -75,6 +75,18 @@ def test_freeze_is_exact_for_a_and_b_steps(opt):
     assert {0, 1} <= seen_kinds and ("dropped", 0) in seen_kinds
 
 
+def test_freeze_is_exact_under_mixed_precision():
+    """A model computing in bfloat16 (float32 variables): the same guarantees."""
+    keras.utils.set_random_seed(0)
+    model = tiny_resnet(stage_depths=(2, 2), drop_path_rate=0.5, dtype="mixed_bfloat16")
+    trainer = DropPathFreeze(model, seed=3)
+    trainer.compile(optimizer=OPTIMIZERS["sgd_momentum_wd"](), loss=LOSS, run_eagerly=False)
+    trainer.train_on_batch(*batch())
+    assert {v.dtype for v, _ in trainer.guarded_variables() if v.trainable} == {"float32"}
+    seen_kinds = check_exact_steps(model, trainer, 9)
+    assert 1 in seen_kinds and ("dropped", 0) in seen_kinds
+
+
 def test_a_new_optimizer_is_guarded_after_compiling_again():
     """`compile` again with a new optimizer (a second phase of a run): its slots are guarded
     from its first step on, and the steps stay exact. (Until 2026-12-06 the guarded list stayed
