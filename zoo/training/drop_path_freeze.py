@@ -268,10 +268,10 @@ class _DropPathFreezeBase(keras.Model):
         them (index = unit position) or len(units) for the rest of the model. Worked out again
         for another optimizer (`compile` again) or once its slots are built."""
         optimizer = getattr(self, "optimizer", None)
-        key = (optimizer, len(getattr(optimizer, "variables", [])))
+        count = len(getattr(optimizer, "variables", []))
         cache = self._guard_cache
-        if cache is not None and cache[0][0] is key[0] and cache[0][1] == key[1]:
-            return cache[1]
+        if cache is not None and cache[0] is optimizer and cache[1] == count:
+            return cache[2]
         num_units = len(self.unit_names)
         owner = {}
         for i, unit in enumerate(self._units):
@@ -290,7 +290,7 @@ class _DropPathFreezeBase(keras.Model):
                 if name.startswith(prefix):
                     guarded.append((slot, index))
                     break
-        object.__setattr__(self, "_guard_cache", (key, guarded))  # a cache, not state to track
+        object.__setattr__(self, "_guard_cache", (optimizer, count, guarded))  # a cache, not state to track
         return guarded
 
     def skips_work(self):
