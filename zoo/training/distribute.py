@@ -30,6 +30,7 @@ on tensorflow and torch; SPMD on jax), and DropPathFreeze draws the same mask on
 process trains on the same global batches, up to the order of float sums.
 """
 
+import atexit
 import contextlib
 import json
 import os
@@ -53,6 +54,13 @@ def _tf_workers():
     task = config.get("task", {})
     index = int(task.get("index", 0)) + (len(config["cluster"].get("chief", [])) if task.get("type") == "worker" else 0)
     return index, len(workers) + len(config["cluster"].get("chief", []))
+
+
+def _destroy_torch_group():
+    import torch.distributed as dist
+
+    if dist.is_initialized():
+        dist.destroy_process_group()
 
 
 def initialize_processes():
@@ -95,6 +103,10 @@ def initialize_processes():
                              "RANK, WORLD_SIZE, MASTER_ADDR and MASTER_PORT in every process (torchrun sets them).")
         if not dist.is_initialized():
             dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+            # shut the group down before the interpreter tears down: a gloo group left to its
+            # destructor at exit can abort the process after the run has finished ("terminate
+            # called without an active exception", seen once in a clean-clone CI run, 2026-12-06)
+            atexit.register(_destroy_torch_group)
         return dist.get_rank(), dist.get_world_size()
     raise ValueError(f"Received the {BACKEND} backend; multi-process training is wired for jax, tensorflow and torch.")
 
