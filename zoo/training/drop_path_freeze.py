@@ -464,7 +464,7 @@ else:
             guarded = self.guarded_variables()
             if BACKEND == "torch" and self._plans_first():
                 # planned before the forward pass: only what this step freezes is kept aside
-                frozen, keep = self._plan_and_freeze(data)
+                frozen, keep = self._plan_and_freeze(data, guarded)
                 old = self._snapshot(guarded, keep)
             else:
                 frozen, keep, old = [], None, self._snapshot(guarded)
@@ -489,7 +489,7 @@ else:
                 return self.skip_dropped is not False
             return self.skips_work()
 
-        def _plan_and_freeze(self, data):
+        def _plan_and_freeze(self, data, guarded):
             """Eager torch: plan the step before its forward pass and take the variables this
             step leaves unchanged out of autograd, so the backward pass computes no gradient for
             them and stops below the first unit that trains (a B step trains only the units its
@@ -502,17 +502,16 @@ else:
                 return [], keep
             # requires_grad marks the trainable variables (Keras' torch variables carry it), read
             # fresh: no walk over the model's layers for `trainable_variables` every step
-            frozen = [value for value, i in self._torch_values() if not keep[i] and value.requires_grad]
+            frozen = [value for value, i in self._torch_values(guarded) if not keep[i] and value.requires_grad]
             for value in frozen:
                 value.requires_grad_(False)
             return frozen, keep
 
-        def _torch_values(self):
-            """Eager torch: [(tensor, flag index)] of `guarded_variables()`, read once. A Keras
-            variable's `value` on torch checks its scopes and device at every read (1.3 us, some
-            200 reads a step on ResNet-20); the tensor behind it stays the same, Keras assigns
-            in place."""
-            guarded = self.guarded_variables()
+        def _torch_values(self, guarded):
+            """Eager torch: [(tensor, flag index)] of `guarded` (`guarded_variables()`), read once.
+            A Keras variable's `value` on torch checks its scopes and device at every read (1.3
+            us, some 200 reads a step on ResNet-20); the tensor behind it stays the same, Keras
+            assigns in place."""
             cached = getattr(self, "_torch_value_cache", None)
             if cached is None or cached[0] is not guarded:
                 cached = (guarded, [(v.value, i) for v, i in guarded])
@@ -529,7 +528,7 @@ else:
             # Eager torch: plain tensor clones (bit for bit, -0.0 and NaN payloads included),
             # without the per-variable dispatch of keras ops.
             with torch.no_grad():
-                return [value.clone() if keep is None or not keep[i] else None for value, i in self._torch_values()]
+                return [value.clone() if keep is None or not keep[i] else None for value, i in self._torch_values(guarded)]
 
         def _restore(self, guarded, old, keep=None):
             """Put back the variables this step froze. `keep`: the per-flag plan where the step
@@ -543,7 +542,7 @@ else:
                 # back only the frozen variables in place, not a `where` per variable.
                 keep = (flags > 0).tolist() if keep is None else keep
                 with torch.no_grad():
-                    for (value, i), o in zip(self._torch_values(), old):
+                    for (value, i), o in zip(self._torch_values(guarded), old):
                         if not keep[i]:
                             value.copy_(o)
             elif _distributed():  # tf.distribute: no assigns to mirrored variables inside a cond
